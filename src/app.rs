@@ -1,0 +1,163 @@
+//! Wiring: build every component a role needs from the settings, run them
+//! until the shutdown token fires, then stop them in order within the
+//! shutdown deadline.
+
+use std::net::SocketAddr;
+
+use anyhow::Context;
+use axum::Router;
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use crate::config::Settings;
+use crate::http::{GatewayState, admin_router, gateway_router};
+use crate::store::{self, RedisPool, embedded::EmbeddedRedis};
+
+/// Which parts of Switchboard this process runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Role {
+    /// Every role on one machine; starts its own Redis when none is configured.
+    Serve,
+    /// Ingress, egress and admin HTTP.
+    Gateway,
+    /// One pool container: agent slots fed from the queue.
+    Worker,
+}
+
+impl Role {
+    fn runs_gateway(self) -> bool {
+        matches!(self, Role::Serve | Role::Gateway)
+    }
+}
+
+/// A built, not yet running, Switchboard process.
+pub struct Application {
+    settings: Settings,
+    embedded: Option<EmbeddedRedis>,
+    redis: RedisPool,
+    gateway: Option<TcpListener>,
+    admin: Option<TcpListener>,
+}
+
+impl Application {
+    /// Start Redis if needed, connect and check it, bind the listeners.
+    pub async fn build(settings: Settings, role: Role) -> anyhow::Result<Self> {
+        let mut embedded = None;
+        let url = match (&settings.secrets.redis_url, role) {
+            (Some(url), _) => url.clone(),
+            (None, Role::Serve) => {
+                let redis = EmbeddedRedis::start(&settings.redis).await?;
+                let url = redis.url().clone();
+                embedded = Some(redis);
+                url
+            }
+            (None, _) => anyhow::bail!(
+                "REDIS_URL is not set (nor redis.url_file): `gateway` and `worker` need a \
+                 shared Redis; only `serve` starts its own"
+            ),
+        };
+        match Self::connect(&settings, &url).await {
+            Ok(redis) => {
+                let (gateway, admin) = if role.runs_gateway() {
+                    (
+                        Some(bind(settings.gateway.listen, "gateway.listen").await?),
+                        Some(bind(settings.admin.listen, "admin.listen").await?),
+                    )
+                } else {
+                    (None, None)
+                };
+                Ok(Self {
+                    settings,
+                    embedded,
+                    redis,
+                    gateway,
+                    admin,
+                })
+            }
+            Err(e) => {
+                if let Some(redis) = embedded {
+                    redis.stop(settings.shutdown_timeout).await;
+                }
+                Err(e)
+            }
+        }
+    }
+
+    async fn connect(
+        settings: &Settings,
+        url: &crate::config::Secret,
+    ) -> anyhow::Result<RedisPool> {
+        let pool = store::connect(url, &settings.redis)?;
+        store::check_server(&pool)
+            .await
+            .context("Redis is not usable as the queue store")?;
+        Ok(pool)
+    }
+
+    /// The gateway listener's address (port 0 resolved).
+    pub fn gateway_addr(&self) -> Option<SocketAddr> {
+        self.gateway.as_ref().and_then(|l| l.local_addr().ok())
+    }
+
+    /// The admin listener's address (port 0 resolved).
+    pub fn admin_addr(&self) -> Option<SocketAddr> {
+        self.admin.as_ref().and_then(|l| l.local_addr().ok())
+    }
+
+    /// Run until `shutdown` fires, then stop in order within the deadline.
+    pub async fn run_until_stopped(self, shutdown: CancellationToken) -> anyhow::Result<()> {
+        let tasks = TaskTracker::new();
+        if let Some(listener) = self.gateway {
+            let router = gateway_router(GatewayState {
+                redis: self.redis.clone(),
+            });
+            serve(&tasks, "gateway", listener, router, shutdown.clone());
+        }
+        if let Some(listener) = self.admin {
+            let router = admin_router(self.settings.secrets.admin_token.clone(), Router::new());
+            serve(&tasks, "admin", listener, router, shutdown.clone());
+        }
+        tasks.close();
+        shutdown.cancelled().await;
+        let deadline = self.settings.shutdown_timeout;
+        if tokio::time::timeout(deadline, tasks.wait()).await.is_err() {
+            tracing::warn!(
+                ?deadline,
+                "components did not stop within the shutdown deadline"
+            );
+        }
+        if let Some(redis) = self.embedded {
+            // Redis goes last: everything above may still write to it.
+            redis.stop(deadline).await;
+        }
+        tracing::info!("stopped");
+        Ok(())
+    }
+}
+
+async fn bind(addr: SocketAddr, field: &str) -> anyhow::Result<TcpListener> {
+    TcpListener::bind(addr)
+        .await
+        .with_context(|| format!("cannot listen on {addr} (`{field}`)"))
+}
+
+fn serve(
+    tasks: &TaskTracker,
+    name: &'static str,
+    listener: TcpListener,
+    router: Router,
+    shutdown: CancellationToken,
+) {
+    if let Ok(addr) = listener.local_addr() {
+        tracing::info!(listener = name, %addr, "listening");
+    }
+    tasks.spawn(async move {
+        let result = axum::serve(listener, router)
+            .with_graceful_shutdown(shutdown.cancelled_owned())
+            .await;
+        if let Err(e) = result {
+            tracing::error!(listener = name, error = %e, "HTTP server failed");
+        }
+    });
+}

@@ -1,0 +1,261 @@
+//! Configuration: one TOML file, overridden field by field by
+//! `SWITCHBOARD__SECTION__KEY` environment variables, with secrets read only
+//! from their conventional environment variables or from files named here.
+//!
+//! Loaded and validated once, before anything starts. This is the only module
+//! that reads the process environment.
+
+mod secret;
+mod sections;
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use figment::Figment;
+use figment::providers::{Env, Format, Serialized, Toml};
+use serde::{Deserialize, Serialize};
+
+pub use secret::Secret;
+pub use sections::*;
+
+/// Environment variable prefix for field overrides (`SWITCHBOARD__GATEWAY__LISTEN=...`).
+pub const ENV_PREFIX: &str = "SWITCHBOARD__";
+/// Environment variable naming the config file when `--config` is not given.
+pub const CONFIG_PATH_ENV: &str = "SWITCHBOARD_CONFIG";
+
+/// Why configuration could not be loaded.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("config file {0} does not exist")]
+    MissingFile(PathBuf),
+    #[error("{0}")]
+    Parse(String),
+    #[error("invalid value for `{field}`: {reason}")]
+    Invalid { field: &'static str, reason: String },
+    #[error("cannot read secret file {path} (named by `{field}`): {source}")]
+    SecretFile {
+        field: &'static str,
+        path: PathBuf,
+        source: std::io::Error,
+    },
+}
+
+/// Everything Switchboard reads from its config file and environment.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Settings {
+    /// How long a stop (SIGINT/SIGTERM) may take before what is left is killed.
+    #[serde(with = "humantime_serde")]
+    pub shutdown_timeout: std::time::Duration,
+    pub log: LogSettings,
+    pub gateway: GatewaySettings,
+    pub admin: AdminSettings,
+    pub redis: RedisSettings,
+    pub slack: SlackSettings,
+    /// Secrets, from the environment or the files named above; never serialized.
+    #[serde(skip)]
+    pub secrets: Secrets,
+}
+
+/// Secrets, each read from its conventional environment variable or, when
+/// that is unset, from the file named in config.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct Secrets {
+    /// `REDIS_URL`: where Redis is. Unset: `serve` starts its own.
+    pub redis_url: Option<Secret>,
+    /// `SLACK_SIGNING_SECRET`: verifies Events API requests.
+    pub slack_signing_secret: Option<Secret>,
+    /// `SLACK_BOT_TOKEN`: the bot's Web API token (`xoxb-...`).
+    pub slack_bot_token: Option<Secret>,
+    /// `SLACK_APP_TOKEN`: the app-level token for Socket Mode (`xapp-...`).
+    pub slack_app_token: Option<Secret>,
+    /// `SWITCHBOARD_ADMIN_TOKEN`: bearer token for the admin listener.
+    pub admin_token: Option<Secret>,
+}
+
+impl Settings {
+    /// Load from `path` (or `$SWITCHBOARD_CONFIG`, or built-in defaults when
+    /// neither is set), apply environment overrides, read secrets, validate.
+    pub fn load(path: Option<&Path>) -> Result<Self, ConfigError> {
+        let env_path = std::env::var_os(CONFIG_PATH_ENV).map(PathBuf::from);
+        let path = path.map(Path::to_path_buf).or(env_path);
+        let mut figment = Figment::from(Serialized::defaults(Settings::default()));
+        if let Some(path) = &path {
+            if !path.exists() {
+                return Err(ConfigError::MissingFile(path.clone()));
+            }
+            figment = figment.merge(Toml::file_exact(path));
+        }
+        figment = figment.merge(Env::prefixed(ENV_PREFIX).split("__"));
+        let mut settings: Settings = figment.extract().map_err(describe_figment_error)?;
+        settings.secrets = Secrets::from_env(&settings)?;
+        settings.validate()?;
+        Ok(settings)
+    }
+
+    /// Parse a TOML document alone (no environment), as tests of shipped
+    /// config files do.
+    pub fn from_toml_str(text: &str) -> Result<Self, ConfigError> {
+        let settings: Settings = Figment::from(Serialized::defaults(Settings::default()))
+            .merge(Toml::string(text))
+            .extract()
+            .map_err(describe_figment_error)?;
+        settings.validate()?;
+        Ok(settings)
+    }
+
+    /// Checks that types alone cannot express.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        if self.redis.pool_size == 0 {
+            return invalid("redis.pool_size", "must be at least 1");
+        }
+        if self.redis.response_timeout < self.redis.min_response_timeout() {
+            return invalid(
+                "redis.response_timeout",
+                format!(
+                    "must be longer than the longest blocking read ({}); Redis replies to \
+                     a blocking read only when it ends",
+                    humantime::format_duration(self.redis.min_response_timeout())
+                ),
+            );
+        }
+        if self.redis.key_prefix.is_empty() || self.redis.key_prefix.contains(['{', '}', ' ']) {
+            return invalid(
+                "redis.key_prefix",
+                "must be non-empty, without spaces or braces",
+            );
+        }
+        if !is_loopback(self.admin.listen) && self.secrets.admin_token.is_none() {
+            return invalid(
+                "admin.listen",
+                format!(
+                    "{} is not a loopback address, so the admin listener needs a bearer \
+                     token: set SWITCHBOARD_ADMIN_TOKEN or admin.token_file",
+                    self.admin.listen
+                ),
+            );
+        }
+        if !(self.slack.api_base_url.starts_with("https://")
+            || self.slack.api_base_url.starts_with("http://"))
+        {
+            return invalid("slack.api_base_url", "must be an http:// or https:// URL");
+        }
+        Ok(())
+    }
+
+    /// The effective configuration as TOML, secrets shown only as set/unset.
+    pub fn render_redacted(&self) -> String {
+        let mut out = toml::to_string_pretty(self)
+            .unwrap_or_else(|e| format!("# cannot render config: {e}\n"));
+        out.push_str("\n# secrets (from the environment or secret files)\n");
+        for (name, value) in self.secrets.listing() {
+            let shown = if value.is_some() {
+                "[redacted]"
+            } else {
+                "<unset>"
+            };
+            out.push_str(&format!("# {name} = {shown}\n"));
+        }
+        out
+    }
+}
+
+impl Secrets {
+    fn from_env(settings: &Settings) -> Result<Self, ConfigError> {
+        Ok(Self {
+            redis_url: secret("REDIS_URL", "redis.url_file", &settings.redis.url_file)?,
+            slack_signing_secret: secret(
+                "SLACK_SIGNING_SECRET",
+                "slack.signing_secret_file",
+                &settings.slack.signing_secret_file,
+            )?,
+            slack_bot_token: secret(
+                "SLACK_BOT_TOKEN",
+                "slack.bot_token_file",
+                &settings.slack.bot_token_file,
+            )?,
+            slack_app_token: secret(
+                "SLACK_APP_TOKEN",
+                "slack.app_token_file",
+                &settings.slack.app_token_file,
+            )?,
+            admin_token: secret(
+                "SWITCHBOARD_ADMIN_TOKEN",
+                "admin.token_file",
+                &settings.admin.token_file,
+            )?,
+        })
+    }
+
+    fn listing(&self) -> [(&'static str, &Option<Secret>); 5] {
+        [
+            ("REDIS_URL", &self.redis_url),
+            ("SLACK_SIGNING_SECRET", &self.slack_signing_secret),
+            ("SLACK_BOT_TOKEN", &self.slack_bot_token),
+            ("SLACK_APP_TOKEN", &self.slack_app_token),
+            ("SWITCHBOARD_ADMIN_TOKEN", &self.admin_token),
+        ]
+    }
+}
+
+/// A secret from environment variable `var`, else from the file `file`
+/// names (trailing newline removed). Empty values count as unset.
+fn secret(
+    var: &str,
+    field: &'static str,
+    file: &Option<PathBuf>,
+) -> Result<Option<Secret>, ConfigError> {
+    if let Ok(value) = std::env::var(var)
+        && !value.trim().is_empty()
+    {
+        return Ok(Some(Secret::new(value.trim())));
+    }
+    let Some(path) = file else { return Ok(None) };
+    let text = std::fs::read_to_string(path).map_err(|source| ConfigError::SecretFile {
+        field,
+        path: path.clone(),
+        source,
+    })?;
+    let value = text.trim();
+    Ok((!value.is_empty()).then(|| Secret::new(value)))
+}
+
+fn invalid<T>(field: &'static str, reason: impl Into<String>) -> Result<T, ConfigError> {
+    Err(ConfigError::Invalid {
+        field,
+        reason: reason.into(),
+    })
+}
+
+fn is_loopback(addr: SocketAddr) -> bool {
+    addr.ip().is_loopback()
+}
+
+/// Figment's errors name the key and the source; list every one of them.
+fn describe_figment_error(error: figment::Error) -> ConfigError {
+    let lines: Vec<String> = error
+        .into_iter()
+        .map(|e| {
+            let key = e.path.join(".");
+            let source = e
+                .metadata
+                .as_ref()
+                .map(
+                    |m| match &e.metadata.as_ref().and_then(|m| m.source.as_ref()) {
+                        Some(src) => format!(" (from {src})"),
+                        None => format!(" (from {})", m.name),
+                    },
+                )
+                .unwrap_or_default();
+            if key.is_empty() {
+                format!("{}{source}", e.kind)
+            } else {
+                format!("`{key}`: {}{source}", e.kind)
+            }
+        })
+        .collect();
+    ConfigError::Parse(lines.join("\n"))
+}
+
+#[cfg(test)]
+mod tests;

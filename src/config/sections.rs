@@ -1,0 +1,160 @@
+//! The config file's sections. Every field has a default that works on one
+//! machine; `config/switchboard.toml` documents the same fields.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+impl Default for super::Settings {
+    fn default() -> Self {
+        Self {
+            shutdown_timeout: Duration::from_secs(30),
+            log: LogSettings::default(),
+            gateway: GatewaySettings::default(),
+            admin: AdminSettings::default(),
+            redis: RedisSettings::default(),
+            slack: SlackSettings::default(),
+            secrets: super::Secrets::default(),
+        }
+    }
+}
+
+/// `[log]`: tracing output.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LogSettings {
+    /// Filter in `RUST_LOG` syntax, e.g. `info` or `switchboard=debug,info`.
+    pub level: String,
+    /// `pretty` for people, `json` for log collectors.
+    pub format: LogFormat,
+}
+
+impl Default for LogSettings {
+    fn default() -> Self {
+        Self {
+            level: "info".into(),
+            format: LogFormat::Pretty,
+        }
+    }
+}
+
+/// How log lines are written.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum LogFormat {
+    Pretty,
+    Json,
+}
+
+/// `[gateway]`: the public HTTP listener (Slack Events API, health probes).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct GatewaySettings {
+    /// Address the gateway's HTTP server binds (port 0: any free port).
+    pub listen: SocketAddr,
+}
+
+impl Default for GatewaySettings {
+    fn default() -> Self {
+        Self {
+            listen: SocketAddr::from(([127, 0, 0, 1], 3000)),
+        }
+    }
+}
+
+/// `[admin]`: the admin listener (`/metrics`, `/admin/*`).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AdminSettings {
+    /// Address of the admin listener. Off loopback it requires a bearer token.
+    pub listen: SocketAddr,
+    /// File holding the admin bearer token, read when
+    /// `SWITCHBOARD_ADMIN_TOKEN` is unset.
+    pub token_file: Option<PathBuf>,
+}
+
+impl Default for AdminSettings {
+    fn default() -> Self {
+        Self {
+            listen: SocketAddr::from(([127, 0, 0, 1], 9090)),
+            token_file: None,
+        }
+    }
+}
+
+/// `[redis]`: the queue's store.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RedisSettings {
+    /// File holding the Redis URL, read when `REDIS_URL` is unset. With
+    /// neither, `switchboard serve` runs its own redis-server.
+    pub url_file: Option<PathBuf>,
+    /// Prefix of every key Switchboard writes, so several deployments or
+    /// tests can share one Redis.
+    pub key_prefix: String,
+    /// Connections in the pool, per process.
+    pub pool_size: usize,
+    /// How long to wait for a connection to open.
+    #[serde(with = "humantime_serde")]
+    pub connect_timeout: Duration,
+    /// How long to wait for any reply. Must be longer than the longest
+    /// blocking read (`blocking_read`).
+    #[serde(with = "humantime_serde")]
+    pub response_timeout: Duration,
+    /// How long a blocking read (waiting for new work) waits at most.
+    #[serde(with = "humantime_serde")]
+    pub blocking_read: Duration,
+    /// Where the embedded redis-server keeps its socket and append-only file.
+    pub data_dir: PathBuf,
+    /// The redis-server program the embedded default runs (found on PATH).
+    pub server_binary: PathBuf,
+}
+
+impl RedisSettings {
+    /// The response timeout must exceed this, or blocking reads time out.
+    pub fn min_response_timeout(&self) -> Duration {
+        self.blocking_read + Duration::from_secs(1)
+    }
+}
+
+impl Default for RedisSettings {
+    fn default() -> Self {
+        Self {
+            url_file: None,
+            key_prefix: "switchboard".into(),
+            pool_size: 32,
+            connect_timeout: Duration::from_secs(5),
+            response_timeout: Duration::from_secs(10),
+            blocking_read: Duration::from_secs(2),
+            data_dir: PathBuf::from("switchboard-data"),
+            server_binary: PathBuf::from("redis-server"),
+        }
+    }
+}
+
+/// `[slack]`: the Slack app.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct SlackSettings {
+    /// Base URL of Slack's Web API. Point it at a local stand-in for tests.
+    pub api_base_url: String,
+    /// File holding the signing secret, read when `SLACK_SIGNING_SECRET` is unset.
+    pub signing_secret_file: Option<PathBuf>,
+    /// File holding the bot token, read when `SLACK_BOT_TOKEN` is unset.
+    pub bot_token_file: Option<PathBuf>,
+    /// File holding the app-level token, read when `SLACK_APP_TOKEN` is unset.
+    pub app_token_file: Option<PathBuf>,
+}
+
+impl Default for SlackSettings {
+    fn default() -> Self {
+        Self {
+            api_base_url: "https://slack.com/api/".into(),
+            signing_secret_file: None,
+            bot_token_file: None,
+            app_token_file: None,
+        }
+    }
+}

@@ -1,0 +1,41 @@
+//! The gateway's HTTP servers: the public listener (Slack Events API and
+//! health probes) and the admin listener (`/metrics`, `/admin/*`).
+
+mod admin;
+
+use axum::Router;
+use axum::extract::State;
+use axum::http::StatusCode;
+use axum::routing::get;
+
+use crate::store::RedisPool;
+
+pub use admin::admin_router;
+
+/// What the public listener's handlers share.
+#[derive(Clone)]
+pub struct GatewayState {
+    pub redis: RedisPool,
+}
+
+/// `/healthz` (the process runs) and `/readyz` (Redis answers).
+pub fn gateway_router(state: GatewayState) -> Router {
+    Router::new()
+        .route("/healthz", get(healthz))
+        .route("/readyz", get(readyz))
+        .with_state(state)
+}
+
+async fn healthz() -> &'static str {
+    "ok\n"
+}
+
+async fn readyz(State(state): State<GatewayState>) -> (StatusCode, String) {
+    match crate::store::ping(&state.redis).await {
+        Ok(()) => (StatusCode::OK, "ready\n".into()),
+        Err(e) => {
+            tracing::warn!(error = %e, "readiness check failed");
+            (StatusCode::SERVICE_UNAVAILABLE, format!("not ready: {e}\n"))
+        }
+    }
+}

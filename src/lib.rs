@@ -1,0 +1,14 @@
+//! Switchboard: a gateway that runs AI agents on Slack and email.
+//!
+//! Modules follow the data flow: `ingress` takes messages in, `queue` holds
+//! them in Redis, `pool` and `agent` run them, `egress` sends replies, on
+//! top of `domain` types shared by all. `config`, `telemetry`, `store`
+//! (Redis connections) and `app` (wiring and shutdown) hold it together.
+
+pub mod app;
+pub mod config;
+pub mod http;
+pub mod process;
+pub mod shutdown;
+pub mod store;
+pub mod telemetry;

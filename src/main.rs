@@ -1,0 +1,75 @@
+//! The `switchboard` command: parse the command line, load config, start
+//! telemetry, and hand over to the library.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+use switchboard::app::{Application, Role};
+use switchboard::config::Settings;
+
+#[derive(Parser)]
+#[command(version, about = "Runs AI agents on Slack and email")]
+struct Cli {
+    /// Config file (default: $SWITCHBOARD_CONFIG, else built-in defaults).
+    #[arg(long, global = true)]
+    config: Option<PathBuf>,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Every role on one machine (starts its own Redis if REDIS_URL is unset).
+    Serve,
+    /// Ingress, egress and admin HTTP only.
+    Gateway,
+    /// One pool container: agent slots fed from the queue.
+    Worker,
+    /// Validate the config and print it, secrets redacted.
+    CheckConfig,
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let settings = match Settings::load(cli.config.as_deref()) {
+        Ok(settings) => settings,
+        Err(e) => {
+            eprintln!("switchboard: configuration error:\n{e}");
+            return ExitCode::from(2);
+        }
+    };
+    let role = match cli.command {
+        Command::CheckConfig => {
+            print!("{}", settings.render_redacted());
+            return ExitCode::SUCCESS;
+        }
+        Command::Serve => Role::Serve,
+        Command::Gateway => Role::Gateway,
+        Command::Worker => Role::Worker,
+    };
+    switchboard::telemetry::init_logging(&settings.log);
+    let runtime = match tokio::runtime::Runtime::new() {
+        Ok(runtime) => runtime,
+        Err(e) => {
+            eprintln!("switchboard: cannot start the async runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    // block_on runs on this (main) thread, which lives as long as the
+    // process: children spawned from it keep their parent-death signal.
+    match runtime.block_on(run(settings, role)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            tracing::error!("{e:#}");
+            eprintln!("switchboard: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn run(settings: Settings, role: Role) -> anyhow::Result<()> {
+    let shutdown = switchboard::shutdown::on_signals()?;
+    let app = Application::build(settings, role).await?;
+    app.run_until_stopped(shutdown).await
+}

@@ -1,0 +1,287 @@
+//! The test harness: real redis-servers on free loopback ports, the
+//! application started in-process on port 0, and polling with deadlines.
+#![allow(dead_code)] // shared by every test module; not each uses every helper
+
+use std::net::{SocketAddr, TcpListener};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::time::{Duration, Instant};
+
+use switchboard::app::{Application, Role};
+use switchboard::config::{Secret, Settings};
+use tokio_util::sync::CancellationToken;
+
+/// Turn on tracing output with `TEST_LOG=1`.
+pub fn init_test_logging() {
+    if std::env::var_os("TEST_LOG").is_some() {
+        switchboard::telemetry::init_logging(&switchboard::config::LogSettings {
+            level: "debug".into(),
+            ..Default::default()
+        });
+    }
+}
+
+/// Poll `check` until it returns `Some`, or panic after `timeout`.
+pub async fn wait_until<T, F, Fut>(timeout: Duration, what: &str, mut check: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Option<T>>,
+{
+    let deadline = Instant::now() + timeout;
+    loop {
+        if let Some(value) = check().await {
+            return value;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "timed out after {timeout:?} waiting for {what}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// A unique key prefix per test, so tests can share one Redis.
+pub fn unique_prefix(test: &str) -> String {
+    static COUNTER: AtomicU32 = AtomicU32::new(0);
+    format!(
+        "t{}-{}-{}",
+        std::process::id(),
+        COUNTER.fetch_add(1, Ordering::Relaxed),
+        test
+    )
+}
+
+/// A port that was free a moment ago.
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("bind an ephemeral port")
+}
+
+/// A real redis-server on a free loopback port, stopped on drop.
+pub struct TestRedis {
+    child: Child,
+    pub port: u16,
+    _dir: tempfile::TempDir,
+}
+
+impl TestRedis {
+    pub fn start() -> Self {
+        Self::start_with(&[])
+    }
+
+    /// Start with extra redis-server arguments (e.g. a maxmemory-policy).
+    pub fn start_with(extra: &[&str]) -> Self {
+        for _ in 0..10 {
+            if let Some(redis) = Self::try_start(extra) {
+                return redis;
+            }
+        }
+        panic!("could not start redis-server (is it installed? apt-get install redis-server)");
+    }
+
+    fn try_start(extra: &[&str]) -> Option<Self> {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let port = free_port();
+        let mut command = Command::new("redis-server");
+        command
+            .args(["--bind", "127.0.0.1", "--port", &port.to_string()])
+            .args(["--save", "", "--appendonly", "no", "--daemonize", "no"])
+            .arg("--dir")
+            .arg(dir.path())
+            .args(extra)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null());
+        die_with_parent(&mut command);
+        let mut child = command.spawn().expect("spawn redis-server");
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while Instant::now() < deadline {
+            if let Ok(Some(_)) = child.try_wait() {
+                let _ = child.wait();
+                return None; // port taken in the meantime: try another
+            }
+            if redis_ping(port) {
+                return Some(Self {
+                    child,
+                    port,
+                    _dir: dir,
+                });
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        let _ = child.kill();
+        let _ = child.wait();
+        None
+    }
+
+    pub fn url(&self) -> String {
+        format!("redis://127.0.0.1:{}/", self.port)
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// Stop the server (as an outage would).
+    pub fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
+    /// A synchronous client connection for assertions.
+    pub fn client(&self) -> redis::Connection {
+        redis::Client::open(self.url())
+            .and_then(|c| c.get_connection())
+            .expect("connect to test redis")
+    }
+}
+
+impl Drop for TestRedis {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+fn redis_ping(port: u16) -> bool {
+    let Ok(client) = redis::Client::open(format!("redis://127.0.0.1:{port}/")) else {
+        return false;
+    };
+    client
+        .get_connection_with_timeout(Duration::from_millis(200))
+        .and_then(|mut c| redis::cmd("PING").query::<String>(&mut c))
+        .is_ok()
+}
+
+/// Children the test starts die with the test process.
+pub fn die_with_parent(command: &mut Command) {
+    use std::os::unix::process::CommandExt;
+    // SAFETY: prctl is async-signal-safe.
+    unsafe {
+        command.pre_exec(|| {
+            libc::prctl(
+                libc::PR_SET_PDEATHSIG,
+                libc::SIGKILL as libc::c_ulong,
+                0,
+                0,
+                0,
+            );
+            Ok(())
+        });
+    }
+}
+
+/// Settings for an in-process application on `redis`, listeners on port 0.
+pub fn test_settings(redis: &TestRedis, test: &str) -> Settings {
+    let mut settings = Settings::default();
+    settings.gateway.listen = SocketAddr::from(([127, 0, 0, 1], 0));
+    settings.admin.listen = SocketAddr::from(([127, 0, 0, 1], 0));
+    settings.redis.key_prefix = unique_prefix(test);
+    settings.redis.pool_size = 8;
+    settings.shutdown_timeout = Duration::from_secs(5);
+    settings.secrets.redis_url = Some(Secret::new(redis.url()));
+    settings
+}
+
+/// A running in-process application.
+pub struct TestApp {
+    pub gateway: SocketAddr,
+    pub admin: SocketAddr,
+    pub shutdown: CancellationToken,
+    pub handle: tokio::task::JoinHandle<anyhow::Result<()>>,
+    pub http: reqwest::Client,
+}
+
+impl TestApp {
+    pub fn gateway_url(&self, path: &str) -> String {
+        format!("http://{}{path}", self.gateway)
+    }
+
+    pub fn admin_url(&self, path: &str) -> String {
+        format!("http://{}{path}", self.admin)
+    }
+
+    pub async fn get_status(&self, url: &str) -> u16 {
+        self.http
+            .get(url)
+            .send()
+            .await
+            .map(|r| r.status().as_u16())
+            .unwrap_or(0)
+    }
+
+    pub async fn stop(self) {
+        self.shutdown.cancel();
+        self.handle.await.expect("join").expect("clean stop");
+    }
+}
+
+/// Build and start the application as `role` with `settings`.
+pub async fn spawn_app(settings: Settings, role: Role) -> TestApp {
+    init_test_logging();
+    let app = Application::build(settings, role).await.expect("build app");
+    let gateway = app.gateway_addr().expect("gateway addr");
+    let admin = app.admin_addr().expect("admin addr");
+    let shutdown = CancellationToken::new();
+    let handle = tokio::spawn(app.run_until_stopped(shutdown.clone()));
+    TestApp {
+        gateway,
+        admin,
+        shutdown,
+        handle,
+        http: reqwest::Client::builder()
+            .timeout(Duration::from_secs(10))
+            .build()
+            .expect("http client"),
+    }
+}
+
+/// The built `switchboard` binary.
+pub fn switchboard_bin() -> PathBuf {
+    PathBuf::from(env!("CARGO_BIN_EXE_switchboard"))
+}
+
+/// The repository root.
+pub fn repo_root() -> &'static Path {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+}
+
+/// Every descendant pid of `pid` (from /proc), children first.
+pub fn descendants(pid: u32) -> Vec<u32> {
+    let mut out = Vec::new();
+    let mut stack = vec![pid];
+    while let Some(p) = stack.pop() {
+        let Ok(tasks) = std::fs::read_dir(format!("/proc/{p}/task")) else {
+            continue;
+        };
+        for task in tasks.flatten() {
+            let children =
+                std::fs::read_to_string(task.path().join("children")).unwrap_or_default();
+            for child in children.split_whitespace().filter_map(|c| c.parse().ok()) {
+                out.push(child);
+                stack.push(child);
+            }
+        }
+    }
+    out
+}
+
+/// Whether `pid` is a live process (a zombie counts as gone).
+pub fn alive(pid: u32) -> bool {
+    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
+        Ok(stat) => stat
+            .rsplit_once(") ")
+            .is_some_and(|(_, rest)| !rest.starts_with('Z') && !rest.starts_with('X')),
+        Err(_) => false,
+    }
+}
+
+/// The command name of `pid`.
+pub fn comm(pid: u32) -> String {
+    std::fs::read_to_string(format!("/proc/{pid}/comm"))
+        .unwrap_or_default()
+        .trim()
+        .to_string()
+}
