@@ -7,6 +7,7 @@
 
 pub mod app;
 pub mod config;
+pub mod domain;
 pub mod http;
 pub mod process;
 pub mod shutdown;
