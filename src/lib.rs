@@ -10,6 +10,7 @@ pub mod config;
 pub mod domain;
 pub mod http;
 pub mod process;
+pub mod queue;
 pub mod shutdown;
 pub mod store;
 pub mod telemetry;

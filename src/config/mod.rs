@@ -52,6 +52,7 @@ pub struct Settings {
     pub admin: AdminSettings,
     pub redis: RedisSettings,
     pub slack: SlackSettings,
+    pub queue: crate::queue::QueueSettings,
     /// Secrets, from the environment or the files named above; never serialized.
     #[serde(skip)]
     pub secrets: Secrets,
@@ -124,6 +125,9 @@ impl Settings {
                 "redis.key_prefix",
                 "must be non-empty, without spaces or braces",
             );
+        }
+        if let Err((field, reason)) = self.queue.check() {
+            return invalid(field, reason);
         }
         if !is_loopback(self.admin.listen) && self.secrets.admin_token.is_none() {
             return invalid(

@@ -16,6 +16,7 @@ impl Default for super::Settings {
             admin: AdminSettings::default(),
             redis: RedisSettings::default(),
             slack: SlackSettings::default(),
+            queue: crate::queue::QueueSettings::default(),
             secrets: super::Secrets::default(),
         }
     }

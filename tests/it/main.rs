@@ -2,3 +2,5 @@
 
 mod foundation;
 mod helpers;
+mod queue;
+mod queue_support;

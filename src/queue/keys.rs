@@ -1,0 +1,235 @@
+//! Every Redis key the queue uses, built in one place.
+//!
+//! Keys are `{prefix}:{s<shard>}:...`: the braces are a Redis Cluster hash
+//! tag, so every key of one shard falls in one hash slot and every script
+//! (which touches one conversation, hence one shard) stays in one slot.
+
+use crate::domain::ConversationId;
+
+/// Key builder for a deployment (prefix) with a number of shards.
+#[derive(Debug, Clone)]
+pub struct Keys {
+    prefix: String,
+    shards: u16,
+}
+
+impl Keys {
+    pub fn new(prefix: &str, shards: u16) -> Self {
+        Self {
+            prefix: prefix.to_string(),
+            shards: shards.max(1),
+        }
+    }
+
+    pub fn shards(&self) -> u16 {
+        self.shards
+    }
+
+    /// The shard a conversation lives in: a stable hash of its id.
+    pub fn shard_of(&self, cid: &ConversationId) -> u16 {
+        (fnv1a(cid.as_str().as_bytes()) % u64::from(self.shards)) as u16
+    }
+
+    /// Keys of shard `n`.
+    pub fn shard(&self, n: u16) -> ShardKeys {
+        ShardKeys {
+            shard: n,
+            base: format!("{}:{{s{}}}", self.prefix, n),
+        }
+    }
+
+    /// Keys of the shard a conversation lives in.
+    pub fn for_conversation(&self, cid: &ConversationId) -> ShardKeys {
+        self.shard(self.shard_of(cid))
+    }
+
+    /// Every shard.
+    pub fn all_shards(&self) -> impl Iterator<Item = ShardKeys> + '_ {
+        (0..self.shards).map(|n| self.shard(n))
+    }
+}
+
+/// The keys of one shard.
+#[derive(Debug, Clone)]
+pub struct ShardKeys {
+    pub shard: u16,
+    base: String,
+}
+
+impl ShardKeys {
+    /// Hash: the conversation record (destination, state, epoch, owner, counters).
+    pub fn conv(&self, cid: &ConversationId) -> String {
+        format!("{}:conv:{}", self.base, cid)
+    }
+    /// Stream: messages waiting for the conversation, in arrival order.
+    pub fn inbox(&self, cid: &ConversationId) -> String {
+        format!("{}:inbox:{}", self.base, cid)
+    }
+    /// String: the agent session's transcript, for resume anywhere.
+    pub fn session(&self, cid: &ConversationId) -> String {
+        format!("{}:session:{}", self.base, cid)
+    }
+    /// String with TTL: an inbound dedupe key was seen.
+    pub fn seen(&self, dedupe_key: &str) -> String {
+        format!("{}:seen:{}", self.base, dedupe_key)
+    }
+    /// Sorted set: conversations ready to run, by time scheduled.
+    pub fn ready(&self) -> String {
+        format!("{}:ready", self.base)
+    }
+    /// Sorted set (lexical): `worker|time|cid` routed to their owner worker.
+    pub fn affine(&self) -> String {
+        format!("{}:ready:affine", self.base)
+    }
+    /// Sorted set: conversation -> lease deadline (ms, server time).
+    pub fn leases(&self) -> String {
+        format!("{}:leases", self.base)
+    }
+    /// Hash: conversation -> the worker holding its lease.
+    pub fn holders(&self) -> String {
+        format!("{}:holders", self.base)
+    }
+    /// Sorted set: worker -> heartbeat deadline (ms, server time).
+    pub fn workers(&self) -> String {
+        format!("{}:workers", self.base)
+    }
+    /// Hash: worker -> its status JSON (slots), for `/admin/pool`.
+    pub fn pool_status(&self) -> String {
+        format!("{}:pool", self.base)
+    }
+    /// List: wake-up tokens for idle workers (shared queue).
+    pub fn wake(&self) -> String {
+        format!("{}:wake", self.base)
+    }
+    /// List: wake-up tokens for one worker (its affinity queue).
+    pub fn wake_worker(&self, worker: &str) -> String {
+        format!("{}:wake:w:{}", self.base, worker)
+    }
+    /// Stream + consumer group: replies and progress for egress.
+    pub fn outbox(&self) -> String {
+        format!("{}:outbox", self.base)
+    }
+    /// Stream: dead letters with their reason.
+    pub fn dead(&self) -> String {
+        format!("{}:dead", self.base)
+    }
+}
+
+/// The KEYS of each script, in the order the script reads them. Every list
+/// belongs to one shard, hence (thanks to the hash tag) one hash slot.
+impl ShardKeys {
+    pub fn enqueue_keys(&self, cid: &ConversationId, dedupe: &[String]) -> Vec<String> {
+        let mut keys = vec![
+            self.conv(cid),
+            self.inbox(cid),
+            self.ready(),
+            self.affine(),
+            self.workers(),
+            self.wake(),
+            self.outbox(),
+            self.dead(),
+        ];
+        keys.extend(dedupe.iter().map(|d| self.seen(d)));
+        keys
+    }
+    pub fn pop_keys(&self) -> Vec<String> {
+        vec![self.ready(), self.affine(), self.leases(), self.holders()]
+    }
+    /// claim.lua and fail.lua.
+    pub fn turn_end_keys(&self, cid: &ConversationId) -> Vec<String> {
+        vec![
+            self.conv(cid),
+            self.inbox(cid),
+            self.leases(),
+            self.holders(),
+            self.ready(),
+            self.affine(),
+            self.workers(),
+            self.wake(),
+            self.outbox(),
+            self.dead(),
+        ]
+    }
+    pub fn renew_keys(&self, cid: &ConversationId) -> Vec<String> {
+        vec![self.conv(cid), self.leases()]
+    }
+    pub fn progress_keys(&self, cid: &ConversationId) -> Vec<String> {
+        vec![self.conv(cid), self.leases(), self.outbox()]
+    }
+    pub fn save_session_keys(&self, cid: &ConversationId) -> Vec<String> {
+        vec![self.conv(cid), self.leases(), self.session(cid)]
+    }
+    pub fn commit_keys(&self, cid: &ConversationId) -> Vec<String> {
+        vec![
+            self.conv(cid),
+            self.inbox(cid),
+            self.leases(),
+            self.holders(),
+            self.ready(),
+            self.affine(),
+            self.workers(),
+            self.wake(),
+            self.outbox(),
+            self.session(cid),
+        ]
+    }
+    pub fn reclaim_keys(&self, cid: &ConversationId) -> Vec<String> {
+        vec![
+            self.conv(cid),
+            self.leases(),
+            self.holders(),
+            self.ready(),
+            self.affine(),
+            self.workers(),
+            self.wake(),
+        ]
+    }
+    pub fn heartbeat_keys(&self) -> Vec<String> {
+        vec![self.workers()]
+    }
+    pub fn reap_worker_keys(&self) -> Vec<String> {
+        vec![
+            self.workers(),
+            self.affine(),
+            self.ready(),
+            self.holders(),
+            self.leases(),
+            self.wake(),
+        ]
+    }
+    pub fn requeue_dead_keys(&self, cid: &ConversationId) -> Vec<String> {
+        vec![
+            self.dead(),
+            self.conv(cid),
+            self.inbox(cid),
+            self.ready(),
+            self.affine(),
+            self.workers(),
+            self.wake(),
+        ]
+    }
+}
+
+/// FNV-1a, 64 bit: stable across processes and versions (unlike std's hasher).
+fn fnv1a(bytes: &[u8]) -> u64 {
+    bytes.iter().fold(0xcbf2_9ce4_8422_2325, |hash, &b| {
+        (hash ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3)
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn shards_spread_and_are_stable() {
+        let keys = Keys::new("sb", 4);
+        let cid = ConversationId::new("slack:T1:C1:1.2");
+        assert_eq!(keys.shard_of(&cid), keys.shard_of(&cid.clone()));
+        let used: std::collections::HashSet<u16> = (0..100)
+            .map(|i| keys.shard_of(&ConversationId::new(format!("c{i}"))))
+            .collect();
+        assert_eq!(used.len(), 4);
+        assert!(keys.for_conversation(&cid).conv(&cid).starts_with("sb:{s"));
+    }
+}

@@ -1,0 +1,38 @@
+-- Enqueue one message, deduplicated, and schedule its conversation.
+-- KEYS: 1 conv, 2 inbox, 3 ready, 4 affine, 5 workers, 6 wake, 7 outbox, 8 dead, 9.. seen keys
+-- ARGV: 1 cid, 2 message json, 3 destination json, 4 inbox cap, 5 idle ttl ms,
+--       6 dedupe ttl s, 7 overflow reply text, 8 existing only ('1': follow-ups)
+-- Returns {'queued', id, position, owner} | {'duplicate'} | {'overflow'} | {'no_conversation'}
+local conv, inbox, outbox, dead = KEYS[1], KEYS[2], KEYS[7], KEYS[8]
+local cid = ARGV[1]
+local now = now_ms()
+for i = 9, #KEYS do
+  if redis.call('EXISTS', KEYS[i]) == 1 then return {'duplicate'} end
+end
+local exists = redis.call('EXISTS', conv) == 1
+if ARGV[8] == '1' and not exists then return {'no_conversation'} end
+for i = 9, #KEYS do redis.call('SET', KEYS[i], '1', 'EX', ARGV[6]) end
+if not exists then
+  redis.call('HSET', conv, 'cid', cid, 'state', 'idle', 'epoch', 0, 'created_ms', now)
+end
+redis.call('HSET', conv, 'dest', ARGV[3], 'last_active_ms', now)
+redis.call('PEXPIRE', conv, ARGV[5])
+local len = redis.call('XLEN', inbox)
+if len >= tonumber(ARGV[4]) then
+  redis.call('XADD', dead, '*', 'cid', cid, 'reason', 'inbox_overflow', 'attempts', 0,
+    'batch', '', 'messages', '[' .. ARGV[2] .. ']', 'dest', ARGV[3], 'at_ms', now)
+  if redis.call('HSETNX', conv, 'overflow_notified', '1') == 1 then
+    local n = redis.call('HINCRBY', conv, 'overflows', 1)
+    redis.call('XADD', outbox, '*', 'kind', 'final', 'cid', cid,
+      'reply_id', cid .. '/overflow/' .. n, 'part', 0, 'seq', 0,
+      'error', 'inbox_overflow', 'text', ARGV[7], 'at_ms', now)
+  end
+  return {'overflow'}
+end
+local id = redis.call('XADD', inbox, '*', 'm', ARGV[2])
+redis.call('PEXPIRE', inbox, ARGV[5])
+local owner = ''
+if redis.call('HGET', conv, 'state') == 'idle' then
+  owner = schedule(conv, KEYS[3], KEYS[4], KEYS[5], KEYS[6], cid, now)
+end
+return {'queued', id, tostring(len + 1), owner}

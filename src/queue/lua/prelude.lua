@@ -1,0 +1,71 @@
+-- Shared by every queue script (prepended at build time).
+-- Time comes from the Redis server, so every host agrees on lease deadlines.
+local function now_ms()
+  local t = redis.call('TIME')
+  return tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+end
+
+-- The caller holds the conversation's lease at `epoch`, and it has not expired.
+local function holds_lease(conv, leases, cid, epoch, now)
+  local st = redis.call('HMGET', conv, 'state', 'epoch')
+  if st[1] ~= 'running' or st[2] ~= epoch then return false end
+  local deadline = redis.call('ZSCORE', leases, cid)
+  return deadline ~= false and tonumber(deadline) >= now
+end
+
+-- Put a conversation with waiting work in a ready queue: its owner's
+-- (affinity) while the owner's heartbeat is live, else the shared one.
+-- Returns the owner's name when routed to it (the caller wakes it), or ''.
+local function schedule(conv, ready, affine, workers, wake, cid, now)
+  local owner = redis.call('HGET', conv, 'owner_worker')
+  if owner then
+    local hb = redis.call('ZSCORE', workers, owner)
+    if hb and tonumber(hb) >= now then
+      local member = owner .. '|' .. string.format('%015d', now) .. '|' .. cid
+      redis.call('ZADD', affine, 0, member)
+      redis.call('HSET', conv, 'state', 'scheduled', 'scheduled_ms', now)
+      return owner
+    end
+  end
+  redis.call('ZADD', ready, 'NX', now, cid)
+  redis.call('HSET', conv, 'state', 'scheduled', 'scheduled_ms', now)
+  redis.call('RPUSH', wake, '1')
+  redis.call('LTRIM', wake, -1000, -1)
+  return ''
+end
+
+-- Inbox ids are "ms-seq"; the id right after `id`.
+local function next_id(id)
+  local ms, seq = string.match(id, '^(%d+)-(%d+)$')
+  return ms .. '-' .. (tonumber(seq) + 1)
+end
+
+-- Remove the frozen batch (every inbox entry up to batch_end).
+local function trim_batch(inbox, batch_end)
+  redis.call('XTRIM', inbox, 'MINID', next_id(batch_end))
+end
+
+-- Move the frozen batch to the dead-letter stream and queue one honest
+-- error reply under the batch's reply id.
+local function dead_letter_batch(conv, inbox, dead, outbox, cid, batch_end, reason, attempts, text, now)
+  local entries = redis.call('XRANGE', inbox, '-', batch_end)
+  local msgs = {}
+  for _, e in ipairs(entries) do msgs[#msgs + 1] = e[2][2] end
+  redis.call('XADD', dead, '*', 'cid', cid, 'reason', reason, 'attempts', attempts,
+    'batch', batch_end, 'messages', '[' .. table.concat(msgs, ',') .. ']',
+    'dest', redis.call('HGET', conv, 'dest') or '', 'at_ms', now)
+  redis.call('XADD', outbox, '*', 'kind', 'final', 'cid', cid,
+    'reply_id', cid .. '/' .. batch_end .. '/0', 'part', 0, 'seq', 1000000000,
+    'error', reason, 'text', text, 'at_ms', now)
+  trim_batch(inbox, batch_end)
+  redis.call('HDEL', conv, 'batch_end', 'batch_attempts', 'last_error')
+end
+
+-- After a turn ends (commit, fail, dead letter): run the next batch or go idle.
+local function after_turn(conv, inbox, ready, affine, workers, wake, cid, now)
+  if redis.call('XLEN', inbox) > 0 then
+    return schedule(conv, ready, affine, workers, wake, cid, now)
+  end
+  redis.call('HSET', conv, 'state', 'idle')
+  return ''
+end

@@ -1,0 +1,10 @@
+-- Publish a reply's text so far (a later seq supersedes an earlier one).
+-- KEYS: 1 conv, 2 leases, 3 outbox   ARGV: 1 cid, 2 epoch, 3 part, 4 seq, 5 text
+-- Returns 1, or 0 when fenced.
+local now = now_ms()
+if not holds_lease(KEYS[1], KEYS[2], ARGV[1], ARGV[2], now) then return 0 end
+local batch_end = redis.call('HGET', KEYS[1], 'batch_end')
+redis.call('XADD', KEYS[3], '*', 'kind', 'progress', 'cid', ARGV[1],
+  'reply_id', ARGV[1] .. '/' .. batch_end .. '/' .. ARGV[3], 'part', ARGV[3],
+  'seq', ARGV[4], 'text', ARGV[5], 'at_ms', now)
+return 1

@@ -1,0 +1,325 @@
+//! The conversation queue on Redis: per-conversation order, collect mode,
+//! fenced leases, affinity, reclaim, dead letters and the outbox.
+//!
+//! Ingress calls [`Queue::enqueue`]; workers [`Queue::claim`] a conversation,
+//! run a turn under a [`Lease`] (kept alive by a [`LeaseKeeper`]) and
+//! [`Queue::commit`] or [`Queue::fail`] it; egress reads the outbox; any
+//! process runs the [`Reaper`]. docs/queue.md explains the keys, the state
+//! machine and why each rule holds.
+
+mod admin;
+mod keys;
+mod lease;
+mod reaper;
+mod scripts;
+mod settings;
+mod turn;
+mod types;
+mod workers;
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+
+use crate::domain::{ConversationId, Destination, InboundMessage};
+use crate::store::RedisPool;
+
+pub use keys::{Keys, ShardKeys};
+pub use lease::LeaseKeeper;
+pub use reaper::Reaper;
+pub use scripts::ScriptCall;
+pub use settings::QueueSettings;
+pub use types::*;
+
+use scripts::Scripts;
+
+/// Why a queue call failed.
+#[derive(Debug, thiserror::Error)]
+pub enum QueueError {
+    #[error("no Redis connection: {0}")]
+    Pool(#[from] deadpool_redis::PoolError),
+    #[error("Redis command failed: {0}")]
+    Redis(#[from] redis::RedisError),
+    #[error("lease on {0} is no longer held (fenced out)")]
+    Fenced(ConversationId),
+    #[error("unexpected reply from the {script} script: {detail}")]
+    Protocol {
+        script: &'static str,
+        detail: String,
+    },
+    #[error("cannot encode or decode a queued message: {0}")]
+    Codec(#[from] serde_json::Error),
+}
+
+impl QueueError {
+    /// Worth retrying with backoff (Redis down or slow), as opposed to a
+    /// verdict (fenced) or a bug.
+    pub fn is_transient(&self) -> bool {
+        matches!(self, QueueError::Pool(_) | QueueError::Redis(_))
+    }
+}
+
+/// Text of the error reply a dead-lettered batch gets.
+const DEAD_LETTER_TEXT: &str = "Sorry, I could not answer this message: it failed several \
+    times, so I have set it aside for an operator to look at. You can try again later.";
+/// Text of the reply to a message that overflowed its conversation's inbox.
+const OVERFLOW_TEXT: &str = "Too many messages are waiting in this conversation, so I had \
+    to set the latest aside. Please wait for my reply before sending more.";
+
+/// A cheap, clonable handle on the queue.
+#[derive(Clone)]
+pub struct Queue {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    pool: RedisPool,
+    keys: Keys,
+    settings: QueueSettings,
+    scripts: Scripts,
+    /// Round-robin start shard for claims.
+    next_shard: AtomicUsize,
+}
+
+impl Queue {
+    pub fn new(pool: RedisPool, prefix: &str, settings: QueueSettings) -> Self {
+        Self {
+            inner: Arc::new(Inner {
+                pool,
+                keys: Keys::new(prefix, settings.shards),
+                settings,
+                scripts: Scripts::load(),
+                next_shard: AtomicUsize::new(0),
+            }),
+        }
+    }
+
+    pub fn keys(&self) -> &Keys {
+        &self.inner.keys
+    }
+
+    pub fn settings(&self) -> &QueueSettings {
+        &self.inner.settings
+    }
+
+    pub(crate) fn scripts(&self) -> &Scripts {
+        &self.inner.scripts
+    }
+
+    pub(crate) async fn conn(&self) -> Result<deadpool_redis::Connection, QueueError> {
+        Ok(self.inner.pool.get().await?)
+    }
+
+    fn ms(d: std::time::Duration) -> u64 {
+        u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
+    }
+
+    /// The enqueue call for `message` (public so tests can check its keys).
+    pub fn enqueue_call(
+        &self,
+        message: &InboundMessage,
+        destination: &Destination,
+        mode: EnqueueMode,
+    ) -> Result<ScriptCall<'_>, QueueError> {
+        let cid = &message.conversation;
+        let k = self.keys().for_conversation(cid);
+        let keys = k.enqueue_keys(cid, &message.dedupe_keys);
+        let s = self.settings();
+        Ok(ScriptCall::new(&self.scripts().enqueue, keys)
+            .arg(cid)
+            .arg(serde_json::to_string(message)?)
+            .arg(serde_json::to_string(destination)?)
+            .arg(s.inbox_cap)
+            .arg(Self::ms(s.idle_ttl))
+            .arg(s.dedupe_ttl.as_secs().max(1))
+            .arg(OVERFLOW_TEXT)
+            .arg(if mode == EnqueueMode::ExistingOnly {
+                "1"
+            } else {
+                "0"
+            }))
+    }
+
+    /// Queue one message for its conversation, deduplicated on its keys, and
+    /// schedule the conversation if it is idle. One round trip (two when the
+    /// conversation's owner worker must be woken).
+    pub async fn enqueue(
+        &self,
+        message: &InboundMessage,
+        destination: &Destination,
+        mode: EnqueueMode,
+    ) -> Result<Enqueued, QueueError> {
+        let call = self.enqueue_call(message, destination, mode)?;
+        let mut conn = self.conn().await?;
+        let reply: Vec<String> = call.invoke(&mut conn).await?;
+        match reply.first().map(String::as_str) {
+            Some("queued") if reply.len() == 4 => {
+                let position = reply[2].parse().unwrap_or(0);
+                if !reply[3].is_empty() {
+                    self.wake_worker(&mut conn, &message.conversation, &reply[3])
+                        .await?;
+                }
+                Ok(Enqueued::Queued {
+                    id: reply[1].clone(),
+                    position,
+                })
+            }
+            Some("duplicate") => Ok(Enqueued::Duplicate),
+            Some("overflow") => Ok(Enqueued::Overflow),
+            Some("no_conversation") => Ok(Enqueued::NoConversation),
+            _ => Err(protocol("enqueue", format!("{reply:?}"))),
+        }
+    }
+
+    /// Whether a conversation record exists (e.g. a Slack thread the bot is in).
+    pub async fn conversation_exists(&self, cid: &ConversationId) -> Result<bool, QueueError> {
+        let key = self.keys().for_conversation(cid).conv(cid);
+        let mut conn = self.conn().await?;
+        Ok(redis::cmd("EXISTS")
+            .arg(key)
+            .query_async::<i64>(&mut *conn)
+            .await?
+            == 1)
+    }
+
+    /// The conversation record's fields (admin views and tests).
+    pub async fn conversation(
+        &self,
+        cid: &ConversationId,
+    ) -> Result<std::collections::HashMap<String, String>, QueueError> {
+        let key = self.keys().for_conversation(cid).conv(cid);
+        let mut conn = self.conn().await?;
+        Ok(redis::cmd("HGETALL")
+            .arg(key)
+            .query_async(&mut *conn)
+            .await?)
+    }
+
+    /// The destination ingress recorded for a conversation.
+    pub async fn destination(
+        &self,
+        cid: &ConversationId,
+    ) -> Result<Option<Destination>, QueueError> {
+        let key = self.keys().for_conversation(cid).conv(cid);
+        let mut conn = self.conn().await?;
+        let dest: Option<String> = redis::cmd("HGET")
+            .arg(key)
+            .arg("dest")
+            .query_async(&mut *conn)
+            .await?;
+        Ok(dest.map(|d| serde_json::from_str(&d)).transpose()?)
+    }
+
+    /// Claim the next ready conversation for `worker`'s `slot`: its own
+    /// affinity queue first, then the shared queue, over every shard.
+    pub async fn claim(&self, worker: &WorkerId, slot: u32) -> Result<ClaimOutcome, QueueError> {
+        let shards = usize::from(self.keys().shards());
+        let start = self.inner.next_shard.fetch_add(1, Ordering::Relaxed);
+        for i in 0..shards {
+            let shard = ((start + i) % shards) as u16;
+            // A popped conversation can turn out stale (its state moved on);
+            // keep popping this shard until a claim or an empty queue.
+            for _ in 0..64 {
+                match self.claim_in_shard(shard, worker, slot).await? {
+                    Some(ClaimOutcome::Empty) => break,
+                    Some(outcome) => return Ok(outcome),
+                    None => continue,
+                }
+            }
+        }
+        Ok(ClaimOutcome::Empty)
+    }
+
+    /// One pop and claim in one shard. `None`: the popped entry was stale.
+    async fn claim_in_shard(
+        &self,
+        shard: u16,
+        worker: &WorkerId,
+        slot: u32,
+    ) -> Result<Option<ClaimOutcome>, QueueError> {
+        let k = self.keys().shard(shard);
+        let ttl = Self::ms(self.settings().lease_ttl);
+        let mut conn = self.conn().await?;
+        let popped: Option<String> = ScriptCall::new(&self.scripts().pop, k.pop_keys())
+            .arg(worker)
+            .arg(ttl)
+            .invoke(&mut conn)
+            .await?;
+        let Some(cid) = popped else {
+            return Ok(Some(ClaimOutcome::Empty));
+        };
+        let cid = ConversationId::new(cid);
+        let reply: Vec<String> = ScriptCall::new(&self.scripts().claim, k.turn_end_keys(&cid))
+            .arg(&cid)
+            .arg(worker)
+            .arg(slot)
+            .arg(ttl)
+            .arg(self.settings().max_attempts)
+            .arg(DEAD_LETTER_TEXT)
+            .invoke(&mut conn)
+            .await?;
+        match reply.first().map(String::as_str) {
+            Some("claimed") => Ok(Some(ClaimOutcome::Claimed(Box::new(parse_claim(
+                cid, worker, slot, &reply,
+            )?)))),
+            Some("dead") => Ok(Some(ClaimOutcome::DeadLettered { conversation: cid })),
+            Some("stale") | Some("lost") => Ok(None),
+            _ => Err(protocol("claim", format!("{reply:?}"))),
+        }
+    }
+}
+
+fn protocol(script: &'static str, detail: String) -> QueueError {
+    QueueError::Protocol { script, detail }
+}
+
+fn parse_claim(
+    cid: ConversationId,
+    worker: &WorkerId,
+    slot: u32,
+    reply: &[String],
+) -> Result<Claim, QueueError> {
+    if reply.len() < 9 || (reply.len() - 9) % 2 != 0 {
+        return Err(protocol("claim", format!("{} fields", reply.len())));
+    }
+    let num = |i: usize| -> Result<u64, QueueError> {
+        reply[i]
+            .parse()
+            .map_err(|_| protocol("claim", format!("field {i} is not a number: {}", reply[i])))
+    };
+    let owner = match (
+        WorkerId::new(reply[4].clone()),
+        reply[5].parse(),
+        reply[6].parse(),
+    ) {
+        (Some(worker), Ok(slot), Ok(generation)) => Some(Owner {
+            worker,
+            slot,
+            generation,
+        }),
+        _ => None,
+    };
+    let mut messages = Vec::with_capacity((reply.len() - 9) / 2);
+    for pair in reply[9..].chunks(2) {
+        messages.push(QueuedMessage {
+            id: pair[0].clone(),
+            message: serde_json::from_str(&pair[1])?,
+        });
+    }
+    Ok(Claim {
+        lease: Lease {
+            conversation: cid,
+            epoch: num(1)?,
+            worker: worker.clone(),
+            slot,
+        },
+        attempt: u32::try_from(num(2)?).unwrap_or(u32::MAX),
+        batch: reply[3].clone(),
+        owner,
+        session_id: Some(reply[7].clone()).filter(|s| !s.is_empty()),
+        destination: serde_json::from_str(&reply[8]).ok(),
+        messages,
+    })
+}
+
+#[cfg(test)]
+mod tests;

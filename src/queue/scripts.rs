@@ -1,0 +1,92 @@
+//! The queue's Lua scripts. Each state change that must be atomic is one
+//! script and one round trip. Every script gets all its keys in KEYS, and all
+//! of them belong to one shard (one hash slot): `ScriptCall` keeps the keys
+//! apart so a test can check that.
+
+use redis::Script;
+
+macro_rules! script {
+    ($file:literal) => {
+        Script::new(concat!(
+            include_str!("lua/prelude.lua"),
+            include_str!(concat!("lua/", $file))
+        ))
+    };
+}
+
+/// The loaded scripts (each sent once, then called by SHA).
+pub struct Scripts {
+    pub enqueue: Script,
+    pub pop: Script,
+    pub claim: Script,
+    pub renew: Script,
+    pub progress: Script,
+    pub save_session: Script,
+    pub commit: Script,
+    pub fail: Script,
+    pub reclaim: Script,
+    pub heartbeat: Script,
+    pub reap_worker: Script,
+    pub requeue_dead: Script,
+}
+
+impl Scripts {
+    pub fn load() -> Self {
+        Self {
+            enqueue: script!("enqueue.lua"),
+            pop: script!("pop.lua"),
+            claim: script!("claim.lua"),
+            renew: script!("renew.lua"),
+            progress: script!("progress.lua"),
+            save_session: script!("save_session.lua"),
+            commit: script!("commit.lua"),
+            fail: script!("fail.lua"),
+            reclaim: script!("reclaim.lua"),
+            heartbeat: script!("heartbeat.lua"),
+            reap_worker: script!("reap_worker.lua"),
+            requeue_dead: script!("requeue_dead.lua"),
+        }
+    }
+}
+
+/// One script invocation: which script, its keys, its arguments.
+pub struct ScriptCall<'a> {
+    pub script: &'a Script,
+    pub keys: Vec<String>,
+    pub args: Vec<Vec<u8>>,
+}
+
+impl<'a> ScriptCall<'a> {
+    pub fn new(script: &'a Script, keys: Vec<String>) -> Self {
+        Self {
+            script,
+            keys,
+            args: Vec::new(),
+        }
+    }
+
+    pub fn arg(mut self, arg: impl ToString) -> Self {
+        self.args.push(arg.to_string().into_bytes());
+        self
+    }
+
+    pub fn arg_bytes(mut self, arg: &[u8]) -> Self {
+        self.args.push(arg.to_vec());
+        self
+    }
+
+    /// Run it on `conn`.
+    pub async fn invoke<T: redis::FromRedisValue>(
+        &self,
+        conn: &mut deadpool_redis::Connection,
+    ) -> redis::RedisResult<T> {
+        let mut invocation = self.script.prepare_invoke();
+        for key in &self.keys {
+            invocation.key(key);
+        }
+        for arg in &self.args {
+            invocation.arg(arg.as_slice());
+        }
+        invocation.invoke_async(&mut **conn).await
+    }
+}

@@ -1,0 +1,111 @@
+use super::*;
+
+/// Redis Cluster's hash slot of a key (CRC16/XMODEM of the hash tag, mod 16384).
+fn hash_slot(key: &str) -> u16 {
+    let bytes = key.as_bytes();
+    let tagged = key
+        .find('{')
+        .and_then(|open| {
+            key[open + 1..]
+                .find('}')
+                .filter(|&len| len > 0)
+                .map(|len| &bytes[open + 1..open + 1 + len])
+        })
+        .unwrap_or(bytes);
+    let mut crc: u16 = 0;
+    for &b in tagged {
+        crc ^= u16::from(b) << 8;
+        for _ in 0..8 {
+            crc = if crc & 0x8000 != 0 {
+                (crc << 1) ^ 0x1021
+            } else {
+                crc << 1
+            };
+        }
+    }
+    crc % 16384
+}
+
+#[test]
+fn hash_slot_matches_redis_reference_values() {
+    // Values from the Redis Cluster specification / CLUSTER KEYSLOT.
+    assert_eq!(hash_slot("123456789"), 0x31c3 % 16384);
+    assert_eq!(
+        hash_slot("{user1000}.following"),
+        hash_slot("{user1000}.followers")
+    );
+    assert_eq!(hash_slot("foo"), 12182);
+}
+
+#[test]
+fn every_scripts_keys_fall_in_one_hash_slot() {
+    let keys = Keys::new("switchboard", 8);
+    let dedupe = vec![
+        "slack:event:Ev1".to_string(),
+        "slack:msg:T1:C1:1.2".to_string(),
+    ];
+    let mut shards_seen = std::collections::HashSet::new();
+    for i in 0..64 {
+        let cid = ConversationId::new(format!("slack:T1:C{i}:1700000000.{i:06}"));
+        let k = keys.for_conversation(&cid);
+        shards_seen.insert(k.shard);
+        let lists = [
+            ("enqueue", k.enqueue_keys(&cid, &dedupe)),
+            ("pop", k.pop_keys()),
+            ("claim/fail", k.turn_end_keys(&cid)),
+            ("renew", k.renew_keys(&cid)),
+            ("progress", k.progress_keys(&cid)),
+            ("save_session", k.save_session_keys(&cid)),
+            ("commit", k.commit_keys(&cid)),
+            ("reclaim", k.reclaim_keys(&cid)),
+            ("heartbeat", k.heartbeat_keys()),
+            ("reap_worker", k.reap_worker_keys()),
+            ("requeue_dead", k.requeue_dead_keys(&cid)),
+        ];
+        for (script, list) in lists {
+            let slots: std::collections::HashSet<u16> =
+                list.iter().map(|key| hash_slot(key)).collect();
+            assert_eq!(slots.len(), 1, "{script} touches several slots: {list:?}");
+        }
+    }
+    assert!(shards_seen.len() > 1, "conversations spread over shards");
+}
+
+#[test]
+fn claim_reply_is_parsed() {
+    let worker = WorkerId::new("w1").expect("id");
+    let msg = InboundMessage {
+        conversation: ConversationId::new("c"),
+        dedupe_keys: vec![],
+        sender: "U1".into(),
+        sender_name: None,
+        text: "hi".into(),
+        files: vec![],
+        external_id: "1".into(),
+        received_at_ms: 1,
+    };
+    let json = serde_json::to_string(&msg).expect("json");
+    let reply: Vec<String> = [
+        "claimed", "7", "2", "5-0", "w0", "1", "3", "sess", "", "5-0",
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .chain([json])
+    .collect();
+    let claim = parse_claim(ConversationId::new("c"), &worker, 4, &reply).expect("parse");
+    assert_eq!(claim.lease.epoch, 7);
+    assert_eq!(claim.attempt, 2);
+    assert_eq!(claim.batch, "5-0");
+    assert_eq!(claim.owner.as_ref().map(|o| o.generation), Some(3));
+    assert_eq!(claim.session_id.as_deref(), Some("sess"));
+    assert_eq!(claim.messages.len(), 1);
+    assert!(parse_claim(ConversationId::new("c"), &worker, 4, &reply[..5]).is_err());
+}
+
+#[test]
+fn worker_ids_reject_separators() {
+    assert!(WorkerId::new("w-1.host").is_some());
+    assert!(WorkerId::new("a|b").is_none());
+    assert!(WorkerId::new("").is_none());
+    assert!(WorkerId::new("a b").is_none());
+}

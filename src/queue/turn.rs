@@ -1,0 +1,161 @@
+//! Calls made while holding a lease; each is fenced by the lease's epoch.
+
+use super::*;
+
+impl Queue {
+    fn lease_keys(&self, lease: &Lease) -> ShardKeys {
+        self.keys().for_conversation(&lease.conversation)
+    }
+
+    fn fenced(&self, lease: &Lease) -> QueueError {
+        QueueError::Fenced(lease.conversation.clone())
+    }
+
+    /// Extend the lease. `Err(Fenced)` means it is lost: stop the turn.
+    pub async fn renew(&self, lease: &Lease) -> Result<(), QueueError> {
+        let k = self.lease_keys(lease);
+        let cid = &lease.conversation;
+        let mut conn = self.conn().await?;
+        let ok: i64 = ScriptCall::new(&self.scripts().renew, k.renew_keys(cid))
+            .arg(cid)
+            .arg(lease.epoch)
+            .arg(Self::ms(self.settings().lease_ttl))
+            .invoke(&mut conn)
+            .await?;
+        if ok == 1 {
+            Ok(())
+        } else {
+            Err(self.fenced(lease))
+        }
+    }
+
+    /// Publish the reply's text so far (`seq` increases with each update).
+    pub async fn progress(
+        &self,
+        lease: &Lease,
+        part: u32,
+        seq: u64,
+        text: &str,
+    ) -> Result<(), QueueError> {
+        let k = self.lease_keys(lease);
+        let cid = &lease.conversation;
+        let mut conn = self.conn().await?;
+        let ok: i64 = ScriptCall::new(&self.scripts().progress, k.progress_keys(cid))
+            .arg(cid)
+            .arg(lease.epoch)
+            .arg(part)
+            .arg(seq)
+            .arg(text)
+            .invoke(&mut conn)
+            .await?;
+        if ok == 1 {
+            Ok(())
+        } else {
+            Err(self.fenced(lease))
+        }
+    }
+
+    /// Store the agent's session (resume id and transcript) so any slot of
+    /// any worker can resume the conversation.
+    pub async fn save_session(
+        &self,
+        lease: &Lease,
+        session_id: &str,
+        transcript: &[u8],
+    ) -> Result<(), QueueError> {
+        let k = self.lease_keys(lease);
+        let cid = &lease.conversation;
+        let mut conn = self.conn().await?;
+        let ok: i64 = ScriptCall::new(&self.scripts().save_session, k.save_session_keys(cid))
+            .arg(cid)
+            .arg(lease.epoch)
+            .arg(session_id)
+            .arg_bytes(transcript)
+            .arg(Self::ms(self.settings().idle_ttl))
+            .invoke(&mut conn)
+            .await?;
+        if ok == 1 {
+            Ok(())
+        } else {
+            Err(self.fenced(lease))
+        }
+    }
+
+    /// The stored transcript of a conversation's session, if any.
+    pub async fn load_session(&self, cid: &ConversationId) -> Result<Option<Vec<u8>>, QueueError> {
+        let key = self.keys().for_conversation(cid).session(cid);
+        let mut conn = self.conn().await?;
+        Ok(redis::cmd("GET").arg(key).query_async(&mut *conn).await?)
+    }
+
+    /// The commit call (public so tests can check its keys).
+    pub fn commit_call(&self, lease: &Lease, commit: &Commit) -> ScriptCall<'_> {
+        let k = self.lease_keys(lease);
+        let cid = &lease.conversation;
+        let (worker, slot, generation) = match &commit.owner {
+            Some(o) => (o.worker.as_str().to_string(), o.slot, o.generation),
+            None => (String::new(), 0, 0),
+        };
+        let mut call = ScriptCall::new(&self.scripts().commit, k.commit_keys(cid))
+            .arg(cid)
+            .arg(lease.epoch)
+            .arg(worker)
+            .arg(slot)
+            .arg(generation)
+            .arg(format!("{:.6}", commit.cost_usd))
+            .arg(Self::ms(self.settings().idle_ttl))
+            .arg(commit.final_seq);
+        for part in &commit.parts {
+            call = call.arg(part);
+        }
+        call
+    }
+
+    /// Commit the turn: reply to the outbox, trim the batch, release the
+    /// lease, schedule the next batch. `Err(Fenced)`: someone else owns the
+    /// conversation now and nothing was written.
+    pub async fn commit(&self, lease: &Lease, commit: &Commit) -> Result<(), QueueError> {
+        let mut conn = self.conn().await?;
+        let reply: Vec<String> = self.commit_call(lease, commit).invoke(&mut conn).await?;
+        match reply.first().map(String::as_str) {
+            Some("ok") => {
+                if let Some(owner) = reply.get(1).filter(|o| !o.is_empty()) {
+                    self.wake_worker(&mut conn, &lease.conversation, owner)
+                        .await?;
+                }
+                Ok(())
+            }
+            Some("fenced") => Err(self.fenced(lease)),
+            _ => Err(super::protocol("commit", format!("{reply:?}"))),
+        }
+    }
+
+    /// The turn failed. Retryable failures run again (resumed elsewhere) up
+    /// to the attempt limit; then, or when not retryable, the batch is
+    /// dead-lettered with one error reply.
+    pub async fn fail(
+        &self,
+        lease: &Lease,
+        reason: &str,
+        retryable: bool,
+    ) -> Result<FailOutcome, QueueError> {
+        let k = self.lease_keys(lease);
+        let cid = &lease.conversation;
+        let mut conn = self.conn().await?;
+        let reply: Vec<String> = ScriptCall::new(&self.scripts().fail, k.turn_end_keys(cid))
+            .arg(cid)
+            .arg(lease.epoch)
+            .arg(reason)
+            .arg(if retryable { "1" } else { "0" })
+            .arg(self.settings().max_attempts)
+            .arg(super::DEAD_LETTER_TEXT)
+            .invoke(&mut conn)
+            .await?;
+        match reply.first().map(String::as_str) {
+            Some("retry") => Ok(FailOutcome::Retrying),
+            Some("dead") => Ok(FailOutcome::DeadLettered),
+            Some("fenced") => Err(self.fenced(lease)),
+            _ => Err(super::protocol("fail", format!("{reply:?}"))),
+        }
+    }
+}

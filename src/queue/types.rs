@@ -1,0 +1,177 @@
+//! What the queue's calls take and return.
+
+use serde::{Deserialize, Serialize};
+
+use crate::domain::{ConversationId, Destination, InboundMessage};
+
+/// A worker's id: unique per worker process; no `|` (used as a separator).
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct WorkerId(String);
+
+impl WorkerId {
+    /// `None` when the id is empty or contains `|`, `:` or whitespace.
+    pub fn new(id: impl Into<String>) -> Option<Self> {
+        let id = id.into();
+        let ok = !id.is_empty()
+            && !id.contains(['|', ':', '{', '}'])
+            && !id.contains(char::is_whitespace);
+        ok.then_some(Self(id))
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl std::fmt::Display for WorkerId {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+/// Which slot of which worker holds (or last held) a conversation's live
+/// session. The generation changes each time the slot's process is replaced.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Owner {
+    pub worker: WorkerId,
+    pub slot: u32,
+    pub generation: u64,
+}
+
+/// Whether enqueue may create the conversation.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum EnqueueMode {
+    /// Create it when new (mentions, DMs, new mail).
+    CreateOrAppend,
+    /// Only append to a conversation that exists (thread follow-ups).
+    ExistingOnly,
+}
+
+/// What happened to an enqueued message.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Enqueued {
+    /// Queued; `position` is its place in the conversation's inbox (1 = next).
+    Queued { id: String, position: u64 },
+    /// One of its dedupe keys was seen before: not queued again.
+    Duplicate,
+    /// The conversation's inbox is full: dead-lettered, the user told once.
+    Overflow,
+    /// `ExistingOnly` and there is no such conversation.
+    NoConversation,
+}
+
+/// A message as stored in a conversation's inbox.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct QueuedMessage {
+    /// The inbox entry id (arrival order).
+    pub id: String,
+    pub message: InboundMessage,
+}
+
+/// A held lease: the right to run one turn of a conversation. Every fenced
+/// call checks it at its epoch.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Lease {
+    pub conversation: ConversationId,
+    pub epoch: u64,
+    pub worker: WorkerId,
+    pub slot: u32,
+}
+
+/// A claimed conversation: a frozen batch to answer in one turn.
+#[derive(Debug, Clone)]
+pub struct Claim {
+    pub lease: Lease,
+    /// The batch's id (its last inbox id): replies are keyed on it, so every
+    /// attempt at one batch updates the same reply.
+    pub batch: String,
+    /// Which attempt at this batch this is (1 = first).
+    pub attempt: u32,
+    pub messages: Vec<QueuedMessage>,
+    /// Where the conversation's live session was, if anywhere.
+    pub owner: Option<Owner>,
+    /// The agent's session id, when one was saved.
+    pub session_id: Option<String>,
+    pub destination: Option<Destination>,
+}
+
+/// The outcome of claiming.
+#[derive(Debug, Clone)]
+pub enum ClaimOutcome {
+    Claimed(Box<Claim>),
+    /// The batch had used up its attempts: dead-lettered with an error reply.
+    DeadLettered {
+        conversation: ConversationId,
+    },
+    /// Nothing ready.
+    Empty,
+}
+
+/// What a committed turn leaves behind.
+#[derive(Debug, Clone)]
+pub struct Commit {
+    /// The reply's parts (usually one); each gets its own reply id.
+    pub parts: Vec<String>,
+    /// Keep the live session on this slot (affinity), or `None` to let the
+    /// next turn resume anywhere.
+    pub owner: Option<Owner>,
+    /// What this turn cost (USD).
+    pub cost_usd: f64,
+    /// Sequence number of the final text; above every progress seq.
+    pub final_seq: u64,
+}
+
+/// The outcome of a failed turn.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum FailOutcome {
+    /// It will be tried again (elsewhere, resumed).
+    Retrying,
+    /// Out of attempts or not retryable: dead-lettered with an error reply.
+    DeadLettered,
+}
+
+/// A dead letter, for admins.
+#[derive(Debug, Clone, Serialize)]
+pub struct DeadLetter {
+    pub id: String,
+    pub shard: u16,
+    pub conversation: ConversationId,
+    pub reason: String,
+    pub attempts: u32,
+    pub messages: Vec<InboundMessage>,
+    pub at_ms: u64,
+}
+
+/// One outbox entry, as egress reads it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct OutboxEntry {
+    /// The stream entry id.
+    pub id: String,
+    pub shard: u16,
+    pub kind: OutboxKind,
+    pub conversation: ConversationId,
+    /// `conversation/batch/part`: the idempotency key of a reply part.
+    pub reply_id: String,
+    pub part: u32,
+    /// A later seq supersedes an earlier one for the same reply id.
+    pub seq: u64,
+    pub text: String,
+    /// Set on error replies (dead letters, overflow): the reason.
+    pub error: Option<String>,
+    pub at_ms: u64,
+}
+
+/// Progress (text so far) or the final text of a reply part.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum OutboxKind {
+    Progress,
+    Final,
+}
+
+/// What one reaper pass did.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ReapReport {
+    pub reclaimed: usize,
+    pub workers_expired: usize,
+}

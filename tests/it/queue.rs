@@ -1,0 +1,457 @@
+//! The conversation queue against a real redis-server.
+
+use std::time::Duration;
+
+use switchboard::domain::ConversationId;
+use switchboard::queue::{
+    ClaimOutcome, EnqueueMode, Enqueued, FailOutcome, LeaseKeeper, Owner, QueueError,
+};
+
+use crate::helpers::*;
+use crate::queue_support::*;
+
+#[tokio::test]
+async fn messages_arriving_during_a_turn_become_the_next_batch_in_order() {
+    let redis = TestRedis::start();
+    let (queue, _) = test_queue(&redis, "collect", fast_settings());
+    let w = worker("w1");
+    enqueue(&queue, "c1", 0).await;
+    let first = claim(&queue, &w).await.expect("claim first");
+    assert_eq!(texts(&first), ["message 0"]);
+    for n in 1..=3 {
+        assert!(matches!(
+            enqueue(&queue, "c1", n).await,
+            Enqueued::Queued { .. }
+        ));
+    }
+    // Nothing else can be claimed while the turn runs.
+    assert!(claim(&queue, &worker("w2")).await.is_none());
+    queue
+        .commit(&first.lease, &reply("one"))
+        .await
+        .expect("commit");
+    let second = claim(&queue, &w).await.expect("claim second");
+    assert_eq!(texts(&second), ["message 1", "message 2", "message 3"]);
+    assert_eq!(second.attempt, 1);
+    assert!(second.lease.epoch > first.lease.epoch);
+    queue
+        .commit(&second.lease, &reply("two"))
+        .await
+        .expect("commit");
+    assert!(claim(&queue, &w).await.is_none(), "inbox is empty");
+    let replies = finals(&queue).await;
+    assert_eq!(replies.len(), 2);
+    assert_ne!(
+        replies[0].0, replies[1].0,
+        "each batch has its own reply id"
+    );
+}
+
+#[tokio::test]
+async fn a_duplicate_enqueue_is_not_queued_twice() {
+    let redis = TestRedis::start();
+    let (queue, _) = test_queue(&redis, "dupe", fast_settings());
+    assert!(matches!(
+        enqueue(&queue, "c1", 0).await,
+        Enqueued::Queued { position: 1, .. }
+    ));
+    assert_eq!(enqueue(&queue, "c1", 0).await, Enqueued::Duplicate);
+    let c = claim(&queue, &worker("w")).await.expect("claim");
+    assert_eq!(c.messages.len(), 1);
+}
+
+#[tokio::test]
+async fn follow_ups_need_an_existing_conversation_when_asked() {
+    let redis = TestRedis::start();
+    let (queue, _) = test_queue(&redis, "existing", fast_settings());
+    let m = message("c9", 1);
+    let got = queue
+        .enqueue(&m, &dest(), EnqueueMode::ExistingOnly)
+        .await
+        .expect("enqueue");
+    assert_eq!(got, Enqueued::NoConversation);
+    assert!(
+        !queue
+            .conversation_exists(&m.conversation)
+            .await
+            .expect("exists")
+    );
+    enqueue(&queue, "c9", 0).await;
+    let got = queue
+        .enqueue(&m, &dest(), EnqueueMode::ExistingOnly)
+        .await
+        .expect("enqueue");
+    assert!(matches!(got, Enqueued::Queued { .. }));
+    assert_eq!(
+        queue.destination(&m.conversation).await.expect("dest"),
+        Some(dest())
+    );
+}
+
+#[tokio::test]
+async fn two_workers_racing_for_one_conversation_exactly_one_wins() {
+    let redis = TestRedis::start();
+    let (queue, _) = test_queue(&redis, "race", fast_settings());
+    let (wa, wb) = (worker("wa"), worker("wb"));
+    for round in 0..20 {
+        let cid = format!("race-{round}");
+        enqueue(&queue, &cid, 0).await;
+        let (a, b) = tokio::join!(claim(&queue, &wa), claim(&queue, &wb));
+        let winners = [a.is_some(), b.is_some()].iter().filter(|&&x| x).count();
+        assert_eq!(winners, 1, "round {round}");
+        let c = a.or(b).expect("one claim");
+        queue.commit(&c.lease, &reply("ok")).await.expect("commit");
+    }
+}
+
+#[tokio::test]
+async fn a_stalled_worker_is_fenced_out_after_its_lease_is_reclaimed() {
+    let redis = TestRedis::start();
+    let (queue, _) = test_queue(&redis, "stall", fast_settings());
+    enqueue(&queue, "c1", 0).await;
+    let stalled = claim(&queue, &worker("slow")).await.expect("claim");
+    // The stalled worker renews nothing; the reaper reclaims after the TTL.
+    wait_until(Duration::from_secs(5), "reclaim", || {
+        let queue = queue.clone();
+        async move { (queue.reap().await.expect("reap").reclaimed > 0).then_some(()) }
+    })
+    .await;
+    let fresh = claim(&queue, &worker("fast"))
+        .await
+        .expect("reclaimed claim");
+    assert_eq!(fresh.attempt, 2, "the lost attempt counts");
+    assert_eq!(fresh.batch, stalled.batch, "the same frozen batch");
+    // The stalled worker wakes up: every fenced call is refused.
+    assert!(matches!(
+        queue.progress(&stalled.lease, 0, 1, "late").await,
+        Err(QueueError::Fenced(_))
+    ));
+    assert!(matches!(
+        queue.renew(&stalled.lease).await,
+        Err(QueueError::Fenced(_))
+    ));
+    assert!(matches!(
+        queue.save_session(&stalled.lease, "s", b"t").await,
+        Err(QueueError::Fenced(_))
+    ));
+    assert!(matches!(
+        queue.commit(&stalled.lease, &reply("late")).await,
+        Err(QueueError::Fenced(_))
+    ));
+    queue
+        .commit(&fresh.lease, &reply("on time"))
+        .await
+        .expect("commit");
+    let replies = finals(&queue).await;
+    assert_eq!(replies.len(), 1);
+    assert_eq!(replies[0].1, "on time");
+}
+
+#[tokio::test]
+async fn lease_keeper_renews_past_the_ttl_and_reports_loss_when_fenced() {
+    let redis = TestRedis::start();
+    let (queue, _) = test_queue(&redis, "keeper", fast_settings());
+    enqueue(&queue, "c1", 0).await;
+    let c = claim(&queue, &worker("w")).await.expect("claim");
+    let keeper = LeaseKeeper::start(queue.clone(), c.lease.clone());
+    // Two TTLs later the lease is still held: reaping finds nothing.
+    let until = tokio::time::Instant::now() + 2 * queue.settings().lease_ttl;
+    while tokio::time::Instant::now() < until {
+        assert_eq!(queue.reap().await.expect("reap").reclaimed, 0);
+        assert!(!keeper.lost().is_cancelled());
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    // Fail the turn from outside: the keeper's next renewal is refused.
+    queue.fail(&c.lease, "test", true).await.expect("fail");
+    wait_until(Duration::from_secs(3), "keeper notices", || {
+        let lost = keeper.lost().is_cancelled();
+        async move { lost.then_some(()) }
+    })
+    .await;
+    keeper.stop().await;
+}
+
+#[tokio::test]
+async fn lease_keeper_gives_up_before_the_server_deadline_when_redis_is_unreachable() {
+    let redis = TestRedis::start();
+    let (queue, prefix) = test_queue(&redis, "partition", fast_settings());
+    enqueue(&queue, "c1", 0).await;
+    let c = claim(&queue, &worker("w")).await.expect("claim");
+    // Renewals go to a port where nothing listens: a network partition.
+    let cut_off = queue_on(
+        &format!("redis://127.0.0.1:{}/", free_port()),
+        &prefix,
+        fast_settings(),
+    );
+    let started = std::time::Instant::now();
+    let keeper = LeaseKeeper::start(cut_off, c.lease.clone());
+    wait_until(Duration::from_secs(3), "keeper gives up", || {
+        let lost = keeper.lost().is_cancelled();
+        async move { lost.then_some(()) }
+    })
+    .await;
+    let waited = started.elapsed();
+    let s = queue.settings();
+    assert!(
+        waited < s.lease_ttl,
+        "gave up after {waited:?}, before the lease TTL"
+    );
+    // At that moment the lease is still live on the server: nobody else has it yet.
+    assert_eq!(queue.reap().await.expect("reap").reclaimed, 0);
+    keeper.stop().await;
+}
+
+#[tokio::test]
+async fn a_batch_whose_worker_always_dies_is_dead_lettered_with_one_error_reply() {
+    let redis = TestRedis::start();
+    let (queue, _) = test_queue(&redis, "deadletter", fast_settings());
+    enqueue(&queue, "c1", 0).await;
+    enqueue(&queue, "c1", 1).await;
+    let max = queue.settings().max_attempts;
+    for attempt in 1..=max {
+        let c = claim(&queue, &worker("doomed")).await.expect("claim");
+        assert_eq!(c.attempt, attempt);
+        assert_eq!(texts(&c), ["message 0", "message 1"]);
+        // The worker dies: no commit, no fail. Wait for the reaper.
+        wait_until(Duration::from_secs(5), "reclaim", || {
+            let queue = queue.clone();
+            async move { (queue.reap().await.expect("reap").reclaimed > 0).then_some(()) }
+        })
+        .await;
+    }
+    let outcome = queue.claim(&worker("doomed"), 0).await.expect("claim");
+    assert!(matches!(outcome, ClaimOutcome::DeadLettered { .. }));
+    let replies = finals(&queue).await;
+    assert_eq!(replies.len(), 1, "exactly one error reply: {replies:?}");
+    assert!(replies[0].2.is_some(), "it is marked as an error");
+    let dead = queue.dead_letters(10).await.expect("dead letters");
+    assert_eq!(dead.len(), 1);
+    assert_eq!(dead[0].attempts, max);
+    assert_eq!(dead[0].messages.len(), 2, "all the batch's messages");
+    assert!(
+        dead[0].reason.contains("lease expired"),
+        "{}",
+        dead[0].reason
+    );
+    // The conversation moves on: a new message is served normally.
+    enqueue(&queue, "c1", 2).await;
+    let c = claim(&queue, &worker("w"))
+        .await
+        .expect("claim after dead letter");
+    assert_eq!(texts(&c), ["message 2"]);
+    // An admin retries the dead letter: its messages are queued again.
+    queue.commit(&c.lease, &reply("ok")).await.expect("commit");
+    assert!(
+        queue
+            .retry_dead_letter(dead[0].shard, &dead[0].id)
+            .await
+            .expect("retry")
+    );
+    let c = claim(&queue, &worker("w")).await.expect("claim retried");
+    assert_eq!(texts(&c), ["message 0", "message 1"]);
+    assert!(queue.dead_letters(10).await.expect("dead").is_empty());
+}
+
+#[tokio::test]
+async fn a_non_retryable_failure_dead_letters_at_once() {
+    let redis = TestRedis::start();
+    let (queue, _) = test_queue(&redis, "fail", fast_settings());
+    enqueue(&queue, "c1", 0).await;
+    let c = claim(&queue, &worker("w")).await.expect("claim");
+    assert_eq!(
+        queue
+            .fail(&c.lease, "agent refused", true)
+            .await
+            .expect("fail"),
+        FailOutcome::Retrying
+    );
+    let c = claim(&queue, &worker("w")).await.expect("retry claim");
+    assert_eq!(c.attempt, 2);
+    assert_eq!(
+        queue
+            .fail(&c.lease, "bad input", false)
+            .await
+            .expect("fail"),
+        FailOutcome::DeadLettered
+    );
+    assert_eq!(finals(&queue).await.len(), 1);
+    assert!(claim(&queue, &worker("w")).await.is_none());
+}
+
+#[tokio::test]
+async fn affinity_routes_to_a_live_owner_and_falls_back_when_its_heartbeat_expires() {
+    let redis = TestRedis::start();
+    let (queue, _) = test_queue(&redis, "affinity", fast_settings());
+    let (owner, other) = (worker("owner"), worker("other"));
+    queue.heartbeat(&owner).await.expect("hb");
+    queue.heartbeat(&other).await.expect("hb");
+    enqueue(&queue, "c1", 0).await;
+    let c = claim(&queue, &owner).await.expect("claim");
+    let mut commit = reply("hi");
+    commit.owner = Some(Owner {
+        worker: owner.clone(),
+        slot: 3,
+        generation: 7,
+    });
+    queue.commit(&c.lease, &commit).await.expect("commit");
+    // A follow-up is routed to the owner: the other worker cannot take it.
+    enqueue(&queue, "c1", 1).await;
+    assert!(claim(&queue, &other).await.is_none());
+    let c = claim(&queue, &owner)
+        .await
+        .expect("owner claims its conversation");
+    assert_eq!(
+        c.owner,
+        Some(Owner {
+            worker: owner.clone(),
+            slot: 3,
+            generation: 7
+        })
+    );
+    queue.commit(&c.lease, &commit).await.expect("commit");
+    // The owner goes quiet: its routed work returns to the shared queue.
+    enqueue(&queue, "c1", 2).await;
+    assert!(claim(&queue, &other).await.is_none());
+    wait_until(
+        Duration::from_secs(5),
+        "owner's heartbeat to expire",
+        || {
+            let (queue, other) = (queue.clone(), other.clone());
+            async move {
+                queue.heartbeat(&other).await.expect("hb");
+                (queue.reap().await.expect("reap").workers_expired > 0).then_some(())
+            }
+        },
+    )
+    .await;
+    let c = claim(&queue, &other).await.expect("no message stranded");
+    assert_eq!(texts(&c), ["message 2"]);
+    assert_eq!(
+        c.owner.map(|o| o.worker),
+        Some(owner.clone()),
+        "the claim shows the old owner, so the slot resumes"
+    );
+    // New messages for a conversation whose owner is dead go to the shared queue.
+    queue.commit(&c.lease, &reply("x")).await.expect("commit");
+    enqueue(&queue, "c1", 3).await;
+    assert!(claim(&queue, &other).await.is_some());
+}
+
+#[tokio::test]
+async fn a_deregistered_worker_hands_back_its_routed_work_at_once() {
+    let redis = TestRedis::start();
+    let (queue, _) = test_queue(&redis, "deregister", fast_settings());
+    let (owner, other) = (worker("owner"), worker("other"));
+    queue.heartbeat(&owner).await.expect("hb");
+    enqueue(&queue, "c1", 0).await;
+    let c = claim(&queue, &owner).await.expect("claim");
+    let mut commit = reply("hi");
+    commit.owner = Some(Owner {
+        worker: owner.clone(),
+        slot: 0,
+        generation: 1,
+    });
+    queue.commit(&c.lease, &commit).await.expect("commit");
+    enqueue(&queue, "c1", 1).await;
+    enqueue(&queue, "c2", 0).await;
+    let held = claim(&queue, &owner).await.expect("owner holds one");
+    queue.deregister(&owner).await.expect("deregister");
+    let got = claim(&queue, &other).await.expect("handed back");
+    assert_ne!(got.lease.conversation, held.lease.conversation);
+    let got2 = claim(&queue, &other)
+        .await
+        .expect("its held lease handed back too");
+    assert_eq!(got2.lease.conversation, held.lease.conversation);
+    assert!(matches!(
+        queue.commit(&held.lease, &reply("late")).await,
+        Err(QueueError::Fenced(_))
+    ));
+}
+
+#[tokio::test]
+async fn inbox_overflow_gets_one_reply_and_is_dead_lettered() {
+    let redis = TestRedis::start();
+    let mut settings = fast_settings();
+    settings.inbox_cap = 3;
+    let (queue, _) = test_queue(&redis, "overflow", settings);
+    for n in 0..3 {
+        assert!(matches!(
+            enqueue(&queue, "c1", n).await,
+            Enqueued::Queued { .. }
+        ));
+    }
+    for n in 3..6 {
+        assert_eq!(enqueue(&queue, "c1", n).await, Enqueued::Overflow);
+    }
+    let replies = finals(&queue).await;
+    assert_eq!(replies.len(), 1, "one 'too many messages' reply, not three");
+    assert_eq!(replies[0].2.as_deref(), Some("inbox_overflow"));
+    assert_eq!(queue.dead_letters(10).await.expect("dead").len(), 3);
+    // The first three are still served.
+    let c = claim(&queue, &worker("w")).await.expect("claim");
+    assert_eq!(c.messages.len(), 3);
+    queue.commit(&c.lease, &reply("ok")).await.expect("commit");
+    // After a reply, a new overflow is told again.
+    for n in 10..13 {
+        enqueue(&queue, "c1", n).await;
+    }
+    assert_eq!(enqueue(&queue, "c1", 13).await, Enqueued::Overflow);
+    assert_eq!(
+        finals(&queue)
+            .await
+            .iter()
+            .filter(|r| r.2.is_some())
+            .count(),
+        2
+    );
+}
+
+#[tokio::test]
+async fn idle_conversations_and_their_sessions_expire() {
+    let redis = TestRedis::start();
+    let mut settings = fast_settings();
+    settings.idle_ttl = Duration::from_secs(1);
+    let (queue, _) = test_queue(&redis, "idle", settings);
+    enqueue(&queue, "c1", 0).await;
+    let c = claim(&queue, &worker("w")).await.expect("claim");
+    queue
+        .save_session(&c.lease, "sess-1", b"transcript")
+        .await
+        .expect("save");
+    queue.commit(&c.lease, &reply("ok")).await.expect("commit");
+    let cid = ConversationId::new("c1");
+    assert!(queue.conversation_exists(&cid).await.expect("exists"));
+    assert_eq!(
+        queue.load_session(&cid).await.expect("load"),
+        Some(b"transcript".to_vec())
+    );
+    wait_until(Duration::from_secs(5), "idle expiry", || {
+        let (queue, cid) = (queue.clone(), cid.clone());
+        async move {
+            let gone = !queue.conversation_exists(&cid).await.expect("exists")
+                && queue.load_session(&cid).await.expect("load").is_none();
+            gone.then_some(())
+        }
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn sessions_are_saved_only_under_the_lease() {
+    let redis = TestRedis::start();
+    let (queue, _) = test_queue(&redis, "session", fast_settings());
+    enqueue(&queue, "c1", 0).await;
+    let c = claim(&queue, &worker("w")).await.expect("claim");
+    queue
+        .save_session(&c.lease, "sess-1", b"t1")
+        .await
+        .expect("save");
+    queue.commit(&c.lease, &reply("ok")).await.expect("commit");
+    assert!(matches!(
+        queue.save_session(&c.lease, "sess-2", b"t2").await,
+        Err(QueueError::Fenced(_))
+    ));
+    enqueue(&queue, "c1", 1).await;
+    let c = claim(&queue, &worker("w")).await.expect("claim");
+    assert_eq!(c.session_id.as_deref(), Some("sess-1"));
+}
