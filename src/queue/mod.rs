@@ -278,7 +278,7 @@ fn parse_claim(
     slot: u32,
     reply: &[String],
 ) -> Result<Claim, QueueError> {
-    if reply.len() < 9 || (reply.len() - 9) % 2 != 0 {
+    if reply.len() < 9 || !(reply.len() - 9).is_multiple_of(2) {
         return Err(protocol("claim", format!("{} fields", reply.len())));
     }
     let num = |i: usize| -> Result<u64, QueueError> {
