@@ -132,6 +132,7 @@ fn parse_dead_letter(
         conversation: ConversationId::new(field(fields, "cid")),
         reason: field(fields, "reason").to_string(),
         attempts: field(fields, "attempts").parse().unwrap_or(0),
+        batch: field(fields, "batch").to_string(),
         messages: serde_json::from_str(field(fields, "messages"))?,
         at_ms: field(fields, "at_ms").parse().unwrap_or(0),
         id,

@@ -139,6 +139,8 @@ pub struct DeadLetter {
     pub conversation: ConversationId,
     pub reason: String,
     pub attempts: u32,
+    /// The batch it held (empty for a message that overflowed the inbox).
+    pub batch: String,
     pub messages: Vec<InboundMessage>,
     pub at_ms: u64,
 }

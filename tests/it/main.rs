@@ -3,4 +3,6 @@
 mod foundation;
 mod helpers;
 mod queue;
+mod queue_chaos;
+mod queue_process;
 mod queue_support;
