@@ -19,6 +19,9 @@ use crate::queue_support::*;
 const CONVERSATIONS: u32 = 150;
 const WORKERS: u32 = 6;
 
+/// A batch's position (its inbox id) and the message numbers it held.
+type Batch = ((u64, u64), Vec<u32>);
+
 /// One turn as it ran: which conversation, when it started and stopped.
 #[derive(Debug, Clone)]
 struct Turn {
@@ -305,7 +308,7 @@ async fn randomized_workers_with_stalls_and_crashes_keep_every_promise() {
     );
 
     // Every message in exactly one answered batch; per-conversation order kept.
-    let mut batches: BTreeMap<String, Vec<((u64, u64), Vec<u32>)>> = BTreeMap::new();
+    let mut batches: BTreeMap<String, Vec<Batch>> = BTreeMap::new();
     for f in finals.iter().filter(|f| f.2.is_none()) {
         let batch = f.0.split('/').nth(1).unwrap_or_default();
         let msgs = answered_in(&f.1);
