@@ -9,6 +9,7 @@ pub mod app;
 pub mod config;
 pub mod domain;
 pub mod http;
+pub mod ingress;
 pub mod process;
 pub mod queue;
 pub mod shutdown;
