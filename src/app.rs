@@ -12,6 +12,8 @@ use tokio_util::task::TaskTracker;
 
 use crate::config::Settings;
 use crate::http::{GatewayState, admin_router, gateway_router};
+use crate::ingress::slack::{SignatureVerifier, SlackIntake, http::events_router};
+use crate::queue::{Queue, Reaper};
 use crate::store::{self, RedisPool, embedded::EmbeddedRedis};
 
 /// Which parts of Switchboard this process runs.
@@ -36,6 +38,7 @@ pub struct Application {
     settings: Settings,
     embedded: Option<EmbeddedRedis>,
     redis: RedisPool,
+    queue: Queue,
     gateway: Option<TcpListener>,
     admin: Option<TcpListener>,
 }
@@ -67,10 +70,16 @@ impl Application {
                 } else {
                     (None, None)
                 };
+                let queue = Queue::new(
+                    redis.clone(),
+                    &settings.redis.key_prefix,
+                    settings.queue.clone(),
+                );
                 Ok(Self {
                     settings,
                     embedded,
                     redis,
+                    queue,
                     gateway,
                     admin,
                 })
@@ -95,6 +104,11 @@ impl Application {
         Ok(pool)
     }
 
+    /// The queue this process uses.
+    pub fn queue(&self) -> &Queue {
+        &self.queue
+    }
+
     /// The gateway listener's address (port 0 resolved).
     pub fn gateway_addr(&self) -> Option<SocketAddr> {
         self.gateway.as_ref().and_then(|l| l.local_addr().ok())
@@ -108,10 +122,13 @@ impl Application {
     /// Run until `shutdown` fires, then stop in order within the deadline.
     pub async fn run_until_stopped(self, shutdown: CancellationToken) -> anyhow::Result<()> {
         let tasks = TaskTracker::new();
+        tasks.spawn(Reaper::new(self.queue.clone()).run(shutdown.clone()));
+        let slack_events = self.slack_events_router()?;
         if let Some(listener) = self.gateway {
             let router = gateway_router(GatewayState {
                 redis: self.redis.clone(),
-            });
+            })
+            .merge(slack_events);
             serve(&tasks, "gateway", listener, router, shutdown.clone());
         }
         if let Some(listener) = self.admin {
@@ -133,6 +150,19 @@ impl Application {
         }
         tracing::info!("stopped");
         Ok(())
+    }
+}
+
+impl Application {
+    /// `/slack/events`, when a signing secret is configured.
+    fn slack_events_router(&self) -> anyhow::Result<Router> {
+        let Some(secret) = &self.settings.secrets.slack_signing_secret else {
+            tracing::warn!("SLACK_SIGNING_SECRET is not set: the Slack Events API endpoint is off");
+            return Ok(Router::new());
+        };
+        let verifier = SignatureVerifier::new(secret).context("SLACK_SIGNING_SECRET")?;
+        let intake = SlackIntake::new(self.queue.clone(), self.settings.slack.ingress());
+        Ok(events_router(intake, verifier))
     }
 }
 

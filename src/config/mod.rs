@@ -126,6 +126,10 @@ impl Settings {
                 "must be non-empty, without spaces or braces",
             );
         }
+        if let Err(e) = self.slack.ingress().validate() {
+            // Its Display names the field (`slack.<field>`) and the reason.
+            return Err(ConfigError::Parse(e.to_string()));
+        }
         if let Err((field, reason)) = self.queue.check() {
             return invalid(field, reason);
         }

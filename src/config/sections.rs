@@ -7,6 +7,8 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
+use crate::ingress::slack::{DmConversation, SlackIngressSettings};
+
 impl Default for super::Settings {
     fn default() -> Self {
         Self {
@@ -147,15 +149,50 @@ pub struct SlackSettings {
     pub bot_token_file: Option<PathBuf>,
     /// File holding the app-level token, read when `SLACK_APP_TOKEN` is unset.
     pub app_token_file: Option<PathBuf>,
+    /// This app's id (`A...`); events for other apps are ignored. Unset: any.
+    pub app_id: Option<String>,
+    /// The bot's own user id (`U...`). Unset: read from each event.
+    pub bot_user_id: Option<String>,
+    /// Accept messages written by other bots (never this bot's own).
+    pub allow_other_bots: bool,
+    /// A DM is one conversation per `channel`, or one per `thread`.
+    pub dm_conversation: DmConversation,
+    /// Largest Events API request body accepted; larger ones get 413.
+    pub max_body_bytes: usize,
+    /// How long a request may wait for its event to be queued before it is
+    /// answered 503 (Slack retries). Under Slack's 3 s timeout.
+    #[serde(with = "humantime_serde")]
+    pub enqueue_deadline: Duration,
+}
+
+impl SlackSettings {
+    /// What Slack ingress needs of these settings.
+    pub fn ingress(&self) -> SlackIngressSettings {
+        SlackIngressSettings {
+            app_id: self.app_id.clone(),
+            bot_user_id: self.bot_user_id.clone(),
+            allow_other_bots: self.allow_other_bots,
+            dm_conversation: self.dm_conversation,
+            max_body_bytes: self.max_body_bytes,
+            enqueue_deadline: self.enqueue_deadline,
+        }
+    }
 }
 
 impl Default for SlackSettings {
     fn default() -> Self {
+        let ingress = SlackIngressSettings::default();
         Self {
             api_base_url: "https://slack.com/api/".into(),
             signing_secret_file: None,
             bot_token_file: None,
             app_token_file: None,
+            app_id: ingress.app_id,
+            bot_user_id: ingress.bot_user_id,
+            allow_other_bots: ingress.allow_other_bots,
+            dm_conversation: ingress.dm_conversation,
+            max_body_bytes: ingress.max_body_bytes,
+            enqueue_deadline: ingress.enqueue_deadline,
         }
     }
 }

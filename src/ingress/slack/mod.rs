@@ -12,6 +12,8 @@
 //! [`settings`] holds the `[slack]` fields these steps read.
 
 pub mod event;
+pub mod http;
+pub mod intake;
 mod payload;
 pub mod settings;
 pub mod verify;
@@ -22,5 +24,6 @@ mod event_tests;
 pub use event::{
     Candidate, CandidateKind, Decision, EventError, IgnoreReason, decide, decide_value,
 };
+pub use intake::{IntakeError, IntakeOutcome, SlackIntake};
 pub use settings::{DmConversation, InvalidSetting, SlackIngressSettings};
 pub use verify::{SignatureVerifier, VerifierInitError, VerifyError};

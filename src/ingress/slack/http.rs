@@ -1,0 +1,66 @@
+//! `POST /slack/events`: the Events API endpoint. Verifies the signature
+//! over the raw body, then hands the event to [`SlackIntake`]; answers 200
+//! only once the event is queued (or knowingly ignored), 503 when Redis
+//! could not queue it in time so Slack retries.
+
+use std::sync::Arc;
+use std::time::SystemTime;
+
+use axum::Router;
+use axum::body::Bytes;
+use axum::extract::{DefaultBodyLimit, State};
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::post;
+
+use super::intake::{IntakeError, IntakeOutcome, SlackIntake};
+use super::verify::SignatureVerifier;
+
+#[derive(Clone)]
+struct EventsState {
+    intake: SlackIntake,
+    verifier: Arc<SignatureVerifier>,
+}
+
+/// The `/slack/events` route, with the configured body limit (413 above it).
+pub fn events_router(intake: SlackIntake, verifier: SignatureVerifier) -> Router {
+    let limit = intake.settings().max_body_bytes;
+    Router::new()
+        .route("/slack/events", post(events))
+        .layer(DefaultBodyLimit::max(limit))
+        .with_state(EventsState {
+            intake,
+            verifier: Arc::new(verifier),
+        })
+}
+
+fn rejected(reason: &'static str) {
+    metrics::counter!("switchboard_ingress_slack_rejected_total", "reason" => reason).increment(1);
+}
+
+async fn events(State(state): State<EventsState>, headers: HeaderMap, body: Bytes) -> Response {
+    if let Err(e) = state
+        .verifier
+        .verify_headers(&headers, &body, SystemTime::now())
+    {
+        rejected(e.reason());
+        tracing::warn!(reason = e.reason(), "rejected a Slack request");
+        return (StatusCode::UNAUTHORIZED, "invalid request signature\n").into_response();
+    }
+    match state.intake.accept_body(&body).await {
+        Ok(IntakeOutcome::Challenge(challenge)) => {
+            axum::Json(serde_json::json!({ "challenge": challenge })).into_response()
+        }
+        Ok(_) => StatusCode::OK.into_response(),
+        Err(IntakeError::Malformed(e)) => {
+            rejected(e.reason());
+            tracing::warn!(error = %e, "rejected a malformed Slack event");
+            (StatusCode::BAD_REQUEST, "malformed event\n").into_response()
+        }
+        Err(e @ IntakeError::Unavailable(_)) => {
+            metrics::counter!("switchboard_ingress_slack_unavailable_total").increment(1);
+            tracing::error!(error = %e, "answering 503 so Slack retries");
+            (StatusCode::SERVICE_UNAVAILABLE, "try again\n").into_response()
+        }
+    }
+}

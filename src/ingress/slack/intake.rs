@@ -1,0 +1,140 @@
+//! The one path every Slack transport shares once it has a verified event:
+//! decide (filter), then dedupe and enqueue in one Redis script, within a
+//! deadline. The Events API handler and the Socket Mode client both call it,
+//! so both follow the same rules.
+
+use std::sync::Arc;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use crate::queue::{EnqueueMode, Enqueued, Queue};
+
+use super::{Candidate, Decision, EventError, IgnoreReason, SlackIngressSettings, decide_value};
+
+/// What became of an event.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum IntakeOutcome {
+    /// A `url_verification` request: answer with this challenge.
+    Challenge(String),
+    /// Not for us (a bot, an edit, another app...): nothing queued.
+    Ignored(IgnoreReason),
+    /// Queued for its conversation.
+    Queued,
+    /// Seen before (a Slack retry, or the `message` twin of an `app_mention`).
+    Duplicate,
+    /// The conversation's inbox is full: dead-lettered, the user told once.
+    Overflow,
+    /// A thread reply in a thread the bot is not part of.
+    NotInConversation,
+}
+
+impl IntakeOutcome {
+    /// A metric label.
+    pub fn label(&self) -> &'static str {
+        match self {
+            IntakeOutcome::Challenge(_) => "url_verification",
+            IntakeOutcome::Ignored(_) => "ignored",
+            IntakeOutcome::Queued => "queued",
+            IntakeOutcome::Duplicate => "duplicate",
+            IntakeOutcome::Overflow => "overflow",
+            IntakeOutcome::NotInConversation => "not_in_conversation",
+        }
+    }
+}
+
+/// Why an event could not be taken.
+#[derive(Debug, thiserror::Error)]
+pub enum IntakeError {
+    /// The body is not a Slack event: reject it (4xx); retrying won't help.
+    #[error("malformed event: {0}")]
+    Malformed(#[from] EventError),
+    /// Redis is down or slower than the deadline: Slack should retry (503).
+    #[error("could not queue the event in time: {0}")]
+    Unavailable(String),
+}
+
+/// Filter, dedupe and enqueue Slack events.
+#[derive(Clone)]
+pub struct SlackIntake {
+    queue: Queue,
+    settings: Arc<SlackIngressSettings>,
+}
+
+impl SlackIntake {
+    pub fn new(queue: Queue, settings: SlackIngressSettings) -> Self {
+        Self {
+            queue,
+            settings: Arc::new(settings),
+        }
+    }
+
+    pub fn settings(&self) -> &SlackIngressSettings {
+        &self.settings
+    }
+
+    /// Take an event body (raw bytes, already authenticated).
+    pub async fn accept_body(&self, body: &[u8]) -> Result<IntakeOutcome, IntakeError> {
+        let value: serde_json::Value = serde_json::from_slice(body)
+            .map_err(|e| IntakeError::Malformed(EventError::MalformedJson(e)))?;
+        self.accept_value(value).await
+    }
+
+    /// Take an event already parsed as JSON (Socket Mode payloads).
+    pub async fn accept_value(
+        &self,
+        value: serde_json::Value,
+    ) -> Result<IntakeOutcome, IntakeError> {
+        let outcome = match decide_value(value, &self.settings, now_ms())? {
+            Decision::UrlVerification { challenge } => IntakeOutcome::Challenge(challenge),
+            Decision::Ignore(reason) => {
+                metrics::counter!("switchboard_ingress_slack_ignored_total", "reason" => reason.as_str())
+                    .increment(1);
+                IntakeOutcome::Ignored(reason)
+            }
+            Decision::Message(candidate) => self.enqueue(*candidate).await?,
+        };
+        metrics::counter!("switchboard_ingress_slack_events_total", "outcome" => outcome.label())
+            .increment(1);
+        Ok(outcome)
+    }
+
+    async fn enqueue(&self, candidate: Candidate) -> Result<IntakeOutcome, IntakeError> {
+        let mode = if candidate.needs_existing_conversation {
+            EnqueueMode::ExistingOnly
+        } else {
+            EnqueueMode::CreateOrAppend
+        };
+        let enqueue = self
+            .queue
+            .enqueue(&candidate.message, &candidate.destination, mode);
+        let result = tokio::time::timeout(self.settings.enqueue_deadline, enqueue)
+            .await
+            .map_err(|_| {
+                IntakeError::Unavailable(format!(
+                    "Redis did not answer within {:?}",
+                    self.settings.enqueue_deadline
+                ))
+            })?
+            .map_err(|e| IntakeError::Unavailable(e.to_string()))?;
+        let outcome = match result {
+            Enqueued::Queued { .. } => {
+                tracing::info!(
+                    conversation = %candidate.message.conversation,
+                    kind = candidate.kind.as_str(),
+                    "slack message queued"
+                );
+                IntakeOutcome::Queued
+            }
+            Enqueued::Duplicate => IntakeOutcome::Duplicate,
+            Enqueued::Overflow => IntakeOutcome::Overflow,
+            Enqueued::NoConversation => IntakeOutcome::NotInConversation,
+        };
+        Ok(outcome)
+    }
+}
+
+fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+        .unwrap_or(0)
+}
