@@ -46,6 +46,8 @@ pub struct Application {
 impl Application {
     /// Start Redis if needed, connect and check it, bind the listeners.
     pub async fn build(settings: Settings, role: Role) -> anyhow::Result<Self> {
+        // Install the metrics recorder before anything counts.
+        crate::telemetry::metrics_handle();
         let mut embedded = None;
         let url = match (&settings.secrets.redis_url, role) {
             (Some(url), _) => url.clone(),

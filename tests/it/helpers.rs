@@ -64,7 +64,8 @@ pub fn free_port() -> u16 {
 pub struct TestRedis {
     child: Child,
     pub port: u16,
-    _dir: tempfile::TempDir,
+    dir: tempfile::TempDir,
+    extra: Vec<String>,
 }
 
 impl TestRedis {
@@ -85,12 +86,41 @@ impl TestRedis {
     fn try_start(extra: &[&str]) -> Option<Self> {
         let dir = tempfile::tempdir().expect("tempdir");
         let port = free_port();
+        let extra: Vec<String> = extra.iter().map(|s| s.to_string()).collect();
+        let child = Self::spawn(port, dir.path(), &extra)?;
+        Some(Self {
+            child,
+            port,
+            dir,
+            extra,
+        })
+    }
+
+    /// Start it again on the same port after [`TestRedis::kill`] (an outage ends).
+    pub fn restart(&mut self) {
+        self.kill();
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            if let Some(child) = Self::spawn(self.port, self.dir.path(), &self.extra) {
+                self.child = child;
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "redis-server did not restart on port {}",
+                self.port
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    fn spawn(port: u16, dir: &Path, extra: &[String]) -> Option<Child> {
         let mut command = Command::new("redis-server");
         command
             .args(["--bind", "127.0.0.1", "--port", &port.to_string()])
             .args(["--save", "", "--appendonly", "no", "--daemonize", "no"])
             .arg("--dir")
-            .arg(dir.path())
+            .arg(dir)
             .args(extra)
             .stdin(Stdio::null())
             .stdout(Stdio::null())
@@ -104,11 +134,7 @@ impl TestRedis {
                 return None; // port taken in the meantime: try another
             }
             if redis_ping(port) {
-                return Some(Self {
-                    child,
-                    port,
-                    _dir: dir,
-                });
+                return Some(child);
             }
             std::thread::sleep(Duration::from_millis(10));
         }
@@ -131,6 +157,16 @@ impl TestRedis {
         let _ = self.child.wait();
     }
 
+    /// Pause the server (SIGSTOP): it accepts nothing and answers nothing.
+    pub fn pause(&self) {
+        signal_pid(self.child.id(), libc::SIGSTOP);
+    }
+
+    /// Resume a paused server.
+    pub fn resume(&self) {
+        signal_pid(self.child.id(), libc::SIGCONT);
+    }
+
     /// A synchronous client connection for assertions.
     pub fn client(&self) -> redis::Connection {
         redis::Client::open(self.url())
@@ -141,6 +177,7 @@ impl TestRedis {
 
 impl Drop for TestRedis {
     fn drop(&mut self) {
+        self.resume();
         self.kill();
     }
 }
@@ -284,4 +321,11 @@ pub fn comm(pid: u32) -> String {
         .unwrap_or_default()
         .trim()
         .to_string()
+}
+
+/// Send `sig` to a process we started.
+pub fn signal_pid(pid: u32, sig: i32) {
+    let pid = libc::pid_t::try_from(pid).expect("pid");
+    // SAFETY: signalling a process this test started.
+    unsafe { libc::kill(pid, sig) };
 }

@@ -6,3 +6,5 @@ mod queue;
 mod queue_chaos;
 mod queue_process;
 mod queue_support;
+mod slack_events;
+mod slack_support;
