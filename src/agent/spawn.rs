@@ -74,6 +74,7 @@ pub(crate) async fn spawn(mut command: tokio::process::Command) -> io::Result<Ag
         pid: child.id(),
         child: Some(child),
         status: None,
+        group_killed: false,
     })
 }
 
@@ -95,6 +96,8 @@ pub(crate) struct AgentChild {
     child: Option<Child>,
     pid: u32,
     status: Option<ExitStatus>,
+    /// The group got its final SIGKILL; never signal it again.
+    group_killed: bool,
 }
 
 impl AgentChild {
@@ -118,13 +121,13 @@ impl AgentChild {
 
     /// The exit status, if it has exited (reaping it).
     pub(crate) fn try_status(&mut self) -> Option<ExitStatus> {
-        if self.status.is_none() {
-            if let Some(child) = &mut self.child {
-                match child.try_wait() {
-                    Ok(Some(status)) => self.status = Some(status),
-                    Ok(None) => {}
-                    Err(e) => tracing::debug!(pid = self.pid, error = %e, "try_wait failed"),
-                }
+        if self.status.is_none()
+            && let Some(child) = &mut self.child
+        {
+            match child.try_wait() {
+                Ok(Some(status)) => self.status = Some(status),
+                Ok(None) => {}
+                Err(e) => tracing::debug!(pid = self.pid, error = %e, "try_wait failed"),
             }
         }
         self.status
@@ -150,9 +153,10 @@ impl AgentChild {
     }
 
     /// SIGTERM to the group, SIGKILL after `timeout`, reap. Whatever is left
-    /// of the group (tools the agent started) gets SIGKILL too.
+    /// of the group (tools the agent started) gets SIGKILL too, once: after
+    /// that the group id may be reused, so later calls signal nothing.
     pub(crate) async fn terminate(&mut self, timeout: Duration) -> Option<ExitStatus> {
-        if self.child.is_none() {
+        if self.child.is_none() || self.group_killed {
             return self.status;
         }
         if self.try_status().is_none() {
@@ -165,6 +169,7 @@ impl AgentChild {
             }
         }
         kill_group(self.pid, libc::SIGKILL);
+        self.group_killed = true;
         let status = self.wait_exit(Duration::from_secs(5)).await;
         if status.is_none() {
             tracing::error!(pid = self.pid, "agent survived SIGKILL for 5s");
@@ -174,21 +179,23 @@ impl AgentChild {
 
     /// SIGKILL the group and reap, without waiting for it here.
     pub(crate) fn kill_now(&mut self) {
-        if let Some(mut child) = self.child.take() {
-            if self.status.is_none() {
-                kill_group(self.pid, libc::SIGKILL);
-                if let Ok(Some(status)) = child.try_wait() {
-                    self.status = Some(status);
-                    return;
-                }
-                let pid = self.pid;
-                let reaper = std::thread::Builder::new()
-                    .name("agent-reaper".into())
-                    .spawn(move || child.wait());
-                if let Err(e) = reaper {
-                    tracing::warn!(pid, error = %e, "cannot start a thread to reap the agent");
-                }
-            }
+        let Some(mut child) = self.child.take() else {
+            return;
+        };
+        if self.group_killed {
+            return;
+        }
+        kill_group(self.pid, libc::SIGKILL);
+        self.group_killed = true;
+        if self.status.is_some() || matches!(child.try_wait(), Ok(Some(_))) {
+            return;
+        }
+        let pid = self.pid;
+        let reaper = std::thread::Builder::new()
+            .name("agent-reaper".into())
+            .spawn(move || child.wait());
+        if let Err(e) = reaper {
+            tracing::warn!(pid, error = %e, "cannot start a thread to reap the agent");
         }
     }
 
