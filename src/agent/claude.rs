@@ -306,13 +306,22 @@ impl ClaudeProcess {
         let mut last_output = tokio::time::Instant::now();
         let mut streamed = String::new();
         loop {
+            // Checked here too, not only by the timer below: an agent that
+            // writes without pause would otherwise never let the timer run.
+            let now = tokio::time::Instant::now();
+            match stopping {
+                Some((why, until)) if now >= until => return Err(self.give_up(why).await),
+                None if now >= deadline => {
+                    self.begin_stop(Stop::TurnTimeout, &mut stopping).await?
+                }
+                _ => {}
+            }
             let wake = match stopping {
                 Some((_, until)) => until,
                 None => deadline.min(last_output + self.settings.silence_timeout),
             };
             let line = tokio::select! {
                 biased;
-                line = self.stdout.next_segment() => line,
                 changed = interrupts.changed(), if interrupts_open && stopping.is_none() => {
                     match changed {
                         Ok(()) => self.begin_stop(Stop::Caller, &mut stopping).await?,
@@ -320,6 +329,7 @@ impl ClaudeProcess {
                     }
                     continue;
                 }
+                line = self.stdout.next_segment() => line,
                 () = tokio::time::sleep_until(wake) => {
                     match stopping {
                         Some((why, _)) => return Err(self.give_up(why).await),

@@ -16,7 +16,8 @@
 //!
 //! Directives in the user text: `[[delay:MS]]` (reply slowly, deltas spread
 //! over MS), `[[crash]]` (exit 3 after one delta), `[[hang]]` (never answer),
-//! `[[long:N]]` (reply with exactly N characters, many deltas), `[[cost:X]]`
+//! `[[long:N]]` (reply with exactly N characters, many deltas), `[[flood]]`
+//! (stream deltas without pause until interrupted), `[[cost:X]]`
 //! (this turn costs X USD, default 0.001), `[[env]]` (list the environment),
 //! `[[pid]]` (add the pid), `[[error]]` (an "API Error" result),
 //! `[[read:PATH]]` (say whether PATH can be read). `STAND_IN_THINK_MS` adds
@@ -93,6 +94,7 @@ struct Directives {
     delay: Duration,
     crash: bool,
     hang: bool,
+    flood: bool,
     long: Option<usize>,
     cost: Option<f64>,
     env: bool,
@@ -115,6 +117,7 @@ fn directives(text: &str) -> Directives {
             "delay" => found.delay = Duration::from_millis(arg.parse().unwrap_or(0)),
             "crash" => found.crash = true,
             "hang" => found.hang = true,
+            "flood" => found.flood = true,
             "long" => found.long = arg.parse().ok(),
             "cost" => found.cost = arg.parse().ok(),
             "env" => found.env = true,
@@ -130,7 +133,7 @@ fn directives(text: &str) -> Directives {
 struct Agent {
     session_id: String,
     model: String,
-    cwd: PathBuf,
+    cwd: String,
     transcript: PathBuf,
     earlier: Vec<String>,
     total_cost: f64,
@@ -192,7 +195,7 @@ fn main() {
     let mut agent = Agent {
         session_id,
         model: args.model.unwrap_or_else(|| "stand-in-model".into()),
-        cwd,
+        cwd: cwd.to_string_lossy().into_owned(),
         transcript,
         earlier,
         total_cost: 0.0,
@@ -309,6 +312,9 @@ impl Agent {
             "tools": [], "mcp_servers": [], "model": self.model, "permissionMode": "default",
             "apiKeySource": "none", "uuid": new_session_id()}),
         );
+        if found.flood {
+            return self.flood(text, started);
+        }
         let reply = self.reply(text, &found);
         let chunks = chunks(&reply, if found.long.is_some() { 64 } else { 16 });
         let pause = (self.think + found.delay) / (chunks.len() as u32 + 1);
@@ -394,6 +400,16 @@ impl Agent {
             }
         }
         reply
+    }
+
+    /// Stream deltas without pause until interrupted.
+    fn flood(&mut self, text: &str, started: Instant) {
+        loop {
+            self.stream(json!({"type": "content_block_delta", "index": 0, "delta": {"type": "text_delta", "text": "flood "}}));
+            if let Waited::Interrupted = self.wait(Duration::ZERO) {
+                return self.interrupted(text, started);
+            }
+        }
     }
 
     fn interrupted(&mut self, text: &str, started: Instant) {

@@ -282,6 +282,35 @@ async fn a_turn_past_the_turn_timeout_fails_and_the_process_stays_usable() {
 }
 
 #[tokio::test]
+async fn the_turn_timeout_holds_against_an_agent_that_never_stops_writing() {
+    let slots = Slots::new();
+    let settings = AgentSettings {
+        turn_timeout: Duration::from_millis(500),
+        ..stand_in_settings()
+    };
+    let mut process = start(&settings, &slots.slot("a"), SessionStart::New).await;
+    let started = Instant::now();
+    let (sender, mut receiver) = mpsc::channel(16);
+    let drain = async { while receiver.recv().await.is_some() {} };
+    let (result, ()) = tokio::join!(
+        async {
+            let result = process.run_turn("[[flood]]", &sender).await;
+            drop(sender);
+            result
+        },
+        drain
+    );
+    let error = result.expect_err("times out");
+    assert!(matches!(error, TurnError::TimedOut { .. }), "{error}");
+    assert!(
+        started.elapsed() < Duration::from_secs(10),
+        "{:?}",
+        started.elapsed()
+    );
+    process.terminate().await;
+}
+
+#[tokio::test]
 async fn an_interrupt_ends_the_turn_and_the_process_stays_usable() {
     let slots = Slots::new();
     let mut process = start(&stand_in_settings(), &slots.slot("a"), SessionStart::New).await;
