@@ -124,6 +124,7 @@ impl ClaudeLauncher {
             total_cost_usd: 0.0,
             next_request: 0,
             usable: true,
+            stopped: false,
         };
         let timeout = self.settings.start_timeout;
         let outcome = match tokio::time::timeout(timeout, process.handshake()).await {
@@ -180,7 +181,11 @@ pub struct ClaudeProcess {
     session_id: Option<String>,
     total_cost_usd: f64,
     next_request: u64,
+    /// Can take a turn: false once killed, and while a turn is open (a
+    /// turn whose future was dropped leaves the process in an unknown state).
     usable: bool,
+    /// Killed and reaped.
+    stopped: bool,
 }
 
 impl std::fmt::Debug for ClaudeProcess {
@@ -253,12 +258,14 @@ impl ClaudeProcess {
     /// Stop the process for good (SIGTERM, then SIGKILL).
     async fn kill(&mut self) {
         self.usable = false;
+        self.stopped = true;
         self.child.terminate(self.settings.terminate_timeout).await;
     }
 
     /// The process died mid-turn: collect why, make sure all of it is gone.
     async fn crashed(&mut self) -> TurnError {
         self.usable = false;
+        self.stopped = true;
         let status = self.child.wait_exit(self.settings.interrupt_grace).await;
         self.child.terminate(self.settings.terminate_timeout).await;
         let error = TurnError::Crashed {
@@ -294,9 +301,11 @@ impl ClaudeProcess {
         events: &mpsc::Sender<TurnEvent>,
     ) -> Result<TurnResult, TurnError> {
         if !self.usable || !self.child.running() {
-            self.usable = false;
+            // Dead, or a dropped turn left it mid-answer: either way, gone.
+            self.kill().await;
             return Err(TurnError::NotRunning);
         }
+        self.usable = false; // until the turn ends cleanly
         let started = Instant::now();
         let deadline = tokio::time::Instant::from_std(started + self.settings.turn_timeout);
         let mut interrupts = self.interrupter.subscribe();
@@ -470,6 +479,7 @@ impl ClaudeProcess {
             duration_ms = result.duration.as_millis() as u64,
             "turn ended"
         );
+        self.usable = true;
         if stopped == Some(Stop::Silence) {
             // A process that went silent is not trusted with another turn.
             self.kill().await;
@@ -522,8 +532,7 @@ impl AgentProcess for ClaudeProcess {
     }
 
     fn pid(&self) -> Option<u32> {
-        // Not usable means killed (or found dead) and reaped.
-        self.usable.then(|| self.child.pid())
+        (!self.stopped).then(|| self.child.pid())
     }
 
     fn resident_memory_bytes(&self) -> Option<u64> {
@@ -536,5 +545,78 @@ impl AgentProcess for ClaudeProcess {
 
     fn session_id(&self) -> Option<&str> {
         self.session_id.as_deref()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn args(settings: AgentSettings, session: SessionStart) -> Vec<String> {
+        let slot = SlotDirs::new(std::path::Path::new("/slots"), "a").expect("slot");
+        let launcher = ClaudeLauncher::new(settings).expect("launcher");
+        let command = launcher.command(&slot, &session).expect("command");
+        command
+            .as_std()
+            .get_args()
+            .map(|a| a.to_string_lossy().into_owned())
+            .collect()
+    }
+
+    #[test]
+    fn the_command_line_carries_the_settings() {
+        let settings = AgentSettings {
+            args: vec!["--bare".into()],
+            model: Some("m".into()),
+            append_system_prompt: Some("be brief".into()),
+            allowed_tools: vec!["Read".into(), "Bash(git log:*)".into()],
+            max_turns: Some(3),
+            permission_mode: Some("plan".into()),
+            ..AgentSettings::default()
+        };
+        let args = args(settings, SessionStart::Resume("s-1".into()));
+        let expected = [
+            "--bare",
+            "-p",
+            "--input-format",
+            "stream-json",
+            "--output-format",
+            "stream-json",
+            "--verbose",
+            "--include-partial-messages",
+            "--model",
+            "m",
+            "--append-system-prompt",
+            "be brief",
+            "--allowedTools",
+            "Read,Bash(git log:*)",
+            "--max-turns",
+            "3",
+            "--permission-mode",
+            "plan",
+            "--resume",
+            "s-1",
+        ];
+        assert_eq!(args, expected);
+    }
+
+    #[test]
+    fn defaults_add_only_the_stream_json_flags_and_bad_ids_are_refused() {
+        assert_eq!(
+            args(AgentSettings::default(), SessionStart::New),
+            STREAM_JSON_ARGS
+        );
+        let with_id = args(
+            AgentSettings::default(),
+            SessionStart::NewWithId("abc".into()),
+        );
+        assert_eq!(with_id[with_id.len() - 2..], ["--session-id", "abc"]);
+        let slot = SlotDirs::new(std::path::Path::new("/slots"), "a").expect("slot");
+        let launcher = ClaudeLauncher::new(AgentSettings::default()).expect("launcher");
+        assert!(
+            launcher
+                .command(&slot, &SessionStart::Resume("../x".into()))
+                .is_err()
+        );
     }
 }

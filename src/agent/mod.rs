@@ -70,8 +70,10 @@ pub trait AgentProcess: Send {
     /// Run one turn: send `text` (the batch, formatted by the caller) and
     /// wait for its result. Text deltas and the result also go to `events`
     /// as they come (a full channel slows reading; the turn timeout still
-    /// counts). After an error with [`TurnError::process_dead`], call
-    /// [`AgentProcess::terminate`] and start a new process.
+    /// counts). After an error with [`TurnError::process_dead`], or when
+    /// [`AgentProcess::is_usable`] turns false, call
+    /// [`AgentProcess::terminate`] and start a new process. Dropping this
+    /// future mid-turn leaves the process unusable.
     fn run_turn<'a>(
         &'a mut self,
         text: &'a str,

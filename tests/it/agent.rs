@@ -349,6 +349,24 @@ async fn an_interrupt_ends_the_turn_and_the_process_stays_usable() {
 }
 
 #[tokio::test]
+async fn a_turn_dropped_midway_leaves_the_process_unusable() {
+    let slots = Slots::new();
+    let mut process = start(&stand_in_settings(), &slots.slot("a"), SessionStart::New).await;
+    let pid = process.pid().expect("pid");
+    let (sender, _receiver) = mpsc::channel(4096);
+    let cancelled = tokio::time::timeout(
+        Duration::from_millis(200),
+        process.run_turn("[[delay:20000]]", &sender),
+    )
+    .await;
+    assert!(cancelled.is_err(), "the turn was still running");
+    assert!(!process.is_usable());
+    let error = turn(&mut process, "next").await.0.expect_err("not usable");
+    assert!(matches!(error, TurnError::NotRunning), "{error}");
+    wait_gone(pid).await;
+}
+
+#[tokio::test]
 async fn an_api_error_fails_the_turn_as_retryable_and_keeps_the_process() {
     let slots = Slots::new();
     let mut process = start(&stand_in_settings(), &slots.slot("a"), SessionStart::New).await;
