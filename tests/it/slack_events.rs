@@ -228,8 +228,11 @@ async fn ignored_kinds_queue_nothing() {
     app.stop().await;
 }
 
+/// Request headers as (name, value) pairs.
+type Headers = Vec<(&'static str, String)>;
+
 /// Send raw headers and body; return the status.
-async fn send(app: &TestApp, headers: &[(&str, String)], body: Vec<u8>) -> u16 {
+async fn send(app: &TestApp, headers: &[(&'static str, String)], body: Vec<u8>) -> u16 {
     let mut request = app.http.post(app.gateway_url("/slack/events")).body(body);
     for (name, value) in headers {
         request = request.header(*name, value.as_str());
@@ -261,7 +264,7 @@ async fn bad_requests_are_rejected_with_the_right_status_and_queue_nothing() {
             ("x-slack-signature", sig.to_string()),
         ]
     };
-    let cases: Vec<(&str, Vec<(&str, String)>, Vec<u8>, u16)> = vec![
+    let cases: Vec<(&str, Headers, Vec<u8>, u16)> = vec![
         (
             "bad signature",
             h(
