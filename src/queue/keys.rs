@@ -197,6 +197,9 @@ impl ShardKeys {
             self.wake(),
         ]
     }
+    pub fn disown_keys(&self, cid: &ConversationId) -> Vec<String> {
+        vec![self.conv(cid)]
+    }
     pub fn requeue_dead_keys(&self, cid: &ConversationId) -> Vec<String> {
         vec![
             self.dead(),

@@ -28,6 +28,7 @@ pub struct Scripts {
     pub heartbeat: Script,
     pub reap_worker: Script,
     pub requeue_dead: Script,
+    pub disown: Script,
 }
 
 impl Scripts {
@@ -45,6 +46,7 @@ impl Scripts {
             heartbeat: script!("heartbeat.lua"),
             reap_worker: script!("reap_worker.lua"),
             requeue_dead: script!("requeue_dead.lua"),
+            disown: script!("disown.lua"),
         }
     }
 }

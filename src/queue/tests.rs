@@ -61,6 +61,7 @@ fn every_scripts_keys_fall_in_one_hash_slot() {
             ("heartbeat", k.heartbeat_keys()),
             ("reap_worker", k.reap_worker_keys()),
             ("requeue_dead", k.requeue_dead_keys(&cid)),
+            ("disown", k.disown_keys(&cid)),
         ];
         for (script, list) in lists {
             let slots: std::collections::HashSet<u16> =

@@ -88,6 +88,21 @@ impl Queue {
         Ok(redis::cmd("GET").arg(key).query_async(&mut *conn).await?)
     }
 
+    /// A slot gives up a conversation's live session (eviction): clear the
+    /// owner if it is still `owner`, so the next turn resumes elsewhere
+    /// instead of waiting for this slot. Returns whether it was cleared.
+    pub async fn disown(&self, cid: &ConversationId, owner: &Owner) -> Result<bool, QueueError> {
+        let k = self.keys().for_conversation(cid);
+        let mut conn = self.conn().await?;
+        let cleared: i64 = ScriptCall::new(&self.scripts().disown, k.disown_keys(cid))
+            .arg(&owner.worker)
+            .arg(owner.slot)
+            .arg(owner.generation)
+            .invoke(&mut conn)
+            .await?;
+        Ok(cleared == 1)
+    }
+
     /// The commit call (public so tests can check its keys).
     pub fn commit_call(&self, lease: &Lease, commit: &Commit) -> ScriptCall<'_> {
         let k = self.lease_keys(lease);

@@ -22,6 +22,11 @@ impl WorkerId {
     pub fn as_str(&self) -> &str {
         &self.0
     }
+
+    /// `worker-<pid>`, always valid.
+    pub fn fallback() -> Self {
+        Self(format!("worker-{}", std::process::id()))
+    }
 }
 
 impl std::fmt::Display for WorkerId {

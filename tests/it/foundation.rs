@@ -121,7 +121,7 @@ async fn serve_without_config_runs_its_own_redis_and_stops_cleanly_on_sigterm() 
         children.iter().map(|&p| comm(p)).collect::<Vec<_>>()
     );
     // The AOF is on and fsynced always.
-    let socket = serve._dir.path().join("switchboard-data/redis.sock");
+    let socket = serve._dir.path().join("switchboard-data/redis/redis.sock");
     let mut conn = redis::Client::open(format!("unix://{}", socket.display()))
         .and_then(|c| c.get_connection())
         .expect("connect to embedded redis");

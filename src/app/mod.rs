@@ -16,6 +16,8 @@ use crate::ingress::slack::{SignatureVerifier, SlackIntake, http::events_router}
 use crate::queue::{Queue, Reaper};
 use crate::store::{self, RedisPool, embedded::EmbeddedRedis};
 
+mod pool;
+
 /// Which parts of Switchboard this process runs.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Role {
@@ -36,6 +38,8 @@ impl Role {
 /// A built, not yet running, Switchboard process.
 pub struct Application {
     settings: Settings,
+    role: Role,
+    redis_url: crate::config::Secret,
     embedded: Option<EmbeddedRedis>,
     redis: RedisPool,
     queue: Queue,
@@ -79,6 +83,8 @@ impl Application {
                 );
                 Ok(Self {
                     settings,
+                    role,
+                    redis_url: url,
                     embedded,
                     redis,
                     queue,
@@ -126,6 +132,7 @@ impl Application {
         let tasks = TaskTracker::new();
         tasks.spawn(Reaper::new(self.queue.clone()).run(shutdown.clone()));
         let slack_events = self.slack_events_router()?;
+        self.start_pool(&tasks, &shutdown)?;
         if let Some(listener) = self.gateway {
             let router = gateway_router(GatewayState {
                 redis: self.redis.clone(),
@@ -134,9 +141,13 @@ impl Application {
             serve(&tasks, "gateway", listener, router, shutdown.clone());
         }
         if let Some(listener) = self.admin {
-            let router = admin_router(self.settings.secrets.admin_token.clone(), Router::new());
+            let router = admin_router(
+                self.settings.secrets.admin_token.clone(),
+                pool::admin_routes(self.queue.clone()),
+            );
             serve(&tasks, "admin", listener, router, shutdown.clone());
         }
+
         tasks.close();
         shutdown.cancelled().await;
         let deadline = self.settings.shutdown_timeout;

@@ -1,0 +1,58 @@
+//! Coalescing text deltas into progress updates: the full text so far, at
+//! most once per interval per reply, with an increasing sequence number.
+//! Not once per token: Slack allows about one update per second per message.
+
+use std::time::Duration;
+
+use tokio::sync::mpsc;
+use tokio::time::Instant;
+
+use crate::agent::TurnEvent;
+use crate::queue::{Lease, Queue, QueueError};
+
+/// Publishes a turn's progress; returns the last sequence number used.
+pub async fn publish_progress(
+    queue: Queue,
+    lease: Lease,
+    mut events: mpsc::Receiver<TurnEvent>,
+    interval: Duration,
+) -> u64 {
+    let mut text = String::new();
+    let mut seq = 0u64;
+    let mut last_sent: Option<Instant> = None;
+    let mut dirty = false;
+    loop {
+        let due = match (dirty, last_sent) {
+            (true, Some(at)) => Some(at + interval),
+            (true, None) => Some(Instant::now()),
+            _ => None,
+        };
+        let event = match due {
+            Some(due) => tokio::select! {
+                event = events.recv() => event,
+                _ = tokio::time::sleep_until(due) => {
+                    seq += 1;
+                    match queue.progress(&lease, 0, seq, &text).await {
+                        Ok(()) => {}
+                        // The keeper notices the lost lease and stops the turn.
+                        Err(QueueError::Fenced(_)) => {}
+                        Err(e) => tracing::warn!(error = %e, "progress not published"),
+                    }
+                    last_sent = Some(Instant::now());
+                    dirty = false;
+                    continue;
+                }
+            },
+            None => events.recv().await,
+        };
+        match event {
+            Some(TurnEvent::Delta(delta)) => {
+                text.push_str(&delta);
+                dirty = true;
+            }
+            Some(TurnEvent::Result(_)) => {}
+            // The turn is over; the final text supersedes any progress.
+            None => return seq,
+        }
+    }
+}

@@ -1,0 +1,95 @@
+//! The process runtime: `serve` runs the pool's containers as local
+//! `switchboard worker` processes, restarts one that exits (with backoff),
+//! and stops them (drain first) when it stops. A worker's environment holds
+//! only the Redis URL: no Slack token, signing secret or mail password.
+
+use std::path::PathBuf;
+use std::process::Stdio;
+use std::time::Duration;
+
+use tokio::process::Command;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use crate::config::Secret;
+use crate::process::{self, ChildOptions};
+
+/// How to start worker processes.
+#[derive(Debug, Clone)]
+pub struct ProcessRuntime {
+    /// The switchboard binary.
+    pub program: PathBuf,
+    /// The effective config, written for the workers (no secrets in it).
+    pub config_file: PathBuf,
+    /// The Redis URL workers use (passed in their environment).
+    pub redis_url: Secret,
+    pub containers: u32,
+    /// How long a worker may take to drain and stop.
+    pub stop_timeout: Duration,
+}
+
+impl ProcessRuntime {
+    /// Keep `containers` workers running until `shutdown`.
+    pub async fn run(self, shutdown: CancellationToken) {
+        let tasks = TaskTracker::new();
+        for index in 0..self.containers {
+            tasks.spawn(supervise(self.clone(), index, shutdown.clone()));
+        }
+        tasks.close();
+        tasks.wait().await;
+    }
+}
+
+async fn supervise(runtime: ProcessRuntime, index: u32, shutdown: CancellationToken) {
+    let mut delay = Duration::from_millis(500);
+    while !shutdown.is_cancelled() {
+        let mut command = Command::new(&runtime.program);
+        command
+            .arg("worker")
+            .arg("--config")
+            .arg(&runtime.config_file)
+            .env_clear()
+            .env("REDIS_URL", runtime.redis_url.expose())
+            .stdin(Stdio::null());
+        process::configure(
+            &mut command,
+            ChildOptions {
+                own_process_group: true,
+                parent_death_signal: Some(libc::SIGTERM),
+            },
+        );
+        let mut child = match command.spawn() {
+            Ok(child) => child,
+            Err(e) => {
+                tracing::error!(worker = index, error = %e, "cannot start a worker process");
+                sleep_or_stop(&shutdown, delay).await;
+                delay = (delay * 2).min(Duration::from_secs(30));
+                continue;
+            }
+        };
+        let started = tokio::time::Instant::now();
+        tracing::info!(worker = index, pid = ?child.id(), "worker process started");
+        tokio::select! {
+            status = child.wait() => {
+                metrics::counter!("switchboard_pool_worker_restarts_total").increment(1);
+                tracing::error!(worker = index, ?status, "worker process exited; restarting it");
+                if started.elapsed() > Duration::from_secs(60) {
+                    delay = Duration::from_millis(500);
+                }
+                sleep_or_stop(&shutdown, delay).await;
+                delay = (delay * 2).min(Duration::from_secs(30));
+            }
+            _ = shutdown.cancelled() => {
+                process::terminate(&mut child, runtime.stop_timeout).await;
+                tracing::info!(worker = index, "worker process stopped");
+            }
+        }
+    }
+}
+
+async fn sleep_or_stop(shutdown: &CancellationToken, delay: Duration) {
+    tokio::select! {
+        _ = shutdown.cancelled() => {}
+        _ = tokio::time::sleep(delay) => {}
+    }
+}

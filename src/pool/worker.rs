@@ -1,0 +1,362 @@
+//! `switchboard worker`: one pool container. Keeps `slots_per_container`
+//! agent processes warm, claims conversations from the queue, runs their
+//! turns (`turn.rs`) and keeps the pool's promises: new conversations get a
+//! pre-started slot, follow-ups go back to the process that holds them,
+//! idle or worn-out slots are replaced, and nothing is lost on shutdown.
+
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant, SystemTime};
+
+use tokio::sync::Notify;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use crate::agent::{AgentLauncher, AgentProcess, AgentSettings, SessionStart, SlotDirs, StartError};
+use crate::queue::{ClaimOutcome, Queue, QueueError, WorkerId};
+
+use super::PoolSettings;
+use super::slots::{SlotMeta, SlotState, assign};
+
+/// Why the worker cannot run.
+#[derive(Debug, thiserror::Error)]
+pub enum WorkerError {
+    #[error("cannot prepare slot directories under {path}: {source}")]
+    SlotsDir {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("agent: {0}")]
+    Agent(#[from] StartError),
+    #[error("queue: {0}")]
+    Queue(#[from] QueueError),
+}
+
+/// What a worker needs of the config.
+#[derive(Debug, Clone)]
+pub struct WorkerSettings {
+    pub pool: PoolSettings,
+    pub agent: AgentSettings,
+    /// Progress is published at most this often per reply.
+    pub update_interval: Duration,
+    /// Longest wait for new work before looking again.
+    pub blocking_read: Duration,
+}
+
+/// A slot's process, owned by whichever task has the slot Busy/Starting.
+pub(super) type ProcessCell = tokio::sync::Mutex<Option<Box<dyn AgentProcess>>>;
+
+/// Everything the worker's tasks share.
+pub(super) struct Shared {
+    pub id: WorkerId,
+    pub queue: Queue,
+    pub launcher: Arc<dyn AgentLauncher>,
+    pub settings: WorkerSettings,
+    pub slots_base: PathBuf,
+    pub table: Mutex<Vec<SlotMeta>>,
+    pub processes: Vec<ProcessCell>,
+    /// Signalled whenever a slot may have become available.
+    pub changed: Notify,
+    /// Cancelled when running turns must stop (after the drain deadline).
+    pub abort_turns: CancellationToken,
+}
+
+/// One pool container.
+pub struct Worker {
+    shared: Arc<Shared>,
+}
+
+impl Worker {
+    pub fn new(
+        id: WorkerId,
+        queue: Queue,
+        launcher: Arc<dyn AgentLauncher>,
+        settings: WorkerSettings,
+    ) -> Result<Self, WorkerError> {
+        let base = std::path::absolute(&settings.agent.slots_dir)
+            .map(|p| p.join(id.as_str()))
+            .map_err(|source| WorkerError::SlotsDir {
+                path: settings.agent.slots_dir.clone(),
+                source,
+            })?;
+        std::fs::create_dir_all(&base).map_err(|source| WorkerError::SlotsDir {
+            path: base.clone(),
+            source,
+        })?;
+        let n = settings.pool.slots_per_container;
+        Ok(Self {
+            shared: Arc::new(Shared {
+                id,
+                queue,
+                launcher,
+                table: Mutex::new((0..n).map(SlotMeta::new).collect()),
+                processes: (0..n).map(|_| tokio::sync::Mutex::new(None)).collect(),
+                settings,
+                slots_base: base,
+                changed: Notify::new(),
+                abort_turns: CancellationToken::new(),
+            }),
+        })
+    }
+
+    pub fn id(&self) -> &WorkerId {
+        &self.shared.id
+    }
+
+    /// Run until `shutdown`, then drain: stop claiming, let running turns
+    /// finish within `pool.drain_timeout`, interrupt the rest, stop every
+    /// agent process, and hand this worker's conversations back.
+    pub async fn run(self, shutdown: CancellationToken) -> Result<(), WorkerError> {
+        let shared = self.shared;
+        shared.queue.heartbeat(&shared.id).await?;
+        tracing::info!(worker = %shared.id, slots = shared.processes.len(), "worker starting its slots");
+        let background = TaskTracker::new();
+        let stop_background = CancellationToken::new();
+        background.spawn(heartbeat(shared.clone(), stop_background.clone()));
+        // Every slot is started before the worker claims anything.
+        let starts: Vec<_> = (0..shared.processes.len() as u32)
+            .map(|i| tokio::spawn(restart_slot(shared.clone(), i, SessionStart::New)))
+            .collect();
+        for start in starts {
+            // A panicked start task leaves its slot Starting; maintenance
+            // does not retry it, which a test would show.
+            let _ = start.await;
+        }
+        background.spawn(maintain(shared.clone(), stop_background.clone()));
+        let turns = TaskTracker::new();
+        claim_loop(&shared, &turns, &shutdown).await;
+        drain(&shared, &turns).await;
+        stop_background.cancel();
+        background.close();
+        background.wait().await;
+        for cell in &shared.processes {
+            if let Some(mut process) = cell.lock().await.take() {
+                process.terminate().await;
+            }
+        }
+        if let Err(e) = shared.queue.deregister(&shared.id).await {
+            tracing::warn!(error = %e, "could not deregister; the heartbeat will lapse instead");
+        }
+        tracing::info!(worker = %shared.id, "worker stopped");
+        Ok(())
+    }
+}
+
+async fn claim_loop(shared: &Arc<Shared>, turns: &TaskTracker, shutdown: &CancellationToken) {
+    while !shutdown.is_cancelled() {
+        let available = lock(&shared.table).iter().any(SlotMeta::available);
+        if !available {
+            tokio::select! {
+                _ = shutdown.cancelled() => return,
+                _ = shared.changed.notified() => continue,
+                // Re-check now and then: a notification may predate the wait.
+                _ = tokio::time::sleep(Duration::from_millis(200)) => continue,
+            }
+        }
+        match shared.queue.claim(&shared.id, 0).await {
+            Ok(ClaimOutcome::Claimed(claim)) => {
+                let has_session = claim.session_id.is_some();
+                let assignment = assign(
+                    &mut lock(&shared.table),
+                    &shared.id,
+                    &claim.lease.conversation,
+                    claim.owner.as_ref(),
+                    has_session,
+                );
+                match assignment {
+                    Some(assignment) => {
+                        metrics::counter!("switchboard_pool_claims_total", "slot" => assignment.label())
+                            .increment(1);
+                        turns.spawn(super::turn::run(shared.clone(), *claim, assignment));
+                    }
+                    None => {
+                        // Cannot happen (we only claim with a slot free);
+                        // hand the conversation back rather than hold it.
+                        tracing::error!("claimed with no slot available; handing it back");
+                        let _ = shared.queue.fail(&claim.lease, "no slot available", true).await;
+                    }
+                }
+            }
+            Ok(ClaimOutcome::DeadLettered { conversation }) => {
+                tracing::warn!(%conversation, "batch out of attempts: dead-lettered");
+            }
+            Ok(ClaimOutcome::Empty) => {
+                tokio::select! {
+                    _ = shutdown.cancelled() => return,
+                    result = shared.queue.wait_for_work(&shared.id, shared.settings.blocking_read) => {
+                        if let Err(e) = result {
+                            tracing::warn!(error = %e, "waiting for work failed");
+                            backoff(shutdown).await;
+                        }
+                    }
+                }
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "claim failed");
+                backoff(shutdown).await;
+            }
+        }
+    }
+}
+
+async fn backoff(shutdown: &CancellationToken) {
+    tokio::select! {
+        _ = shutdown.cancelled() => {}
+        _ = tokio::time::sleep(Duration::from_millis(500)) => {}
+    }
+}
+
+async fn drain(shared: &Arc<Shared>, turns: &TaskTracker) {
+    turns.close();
+    let deadline = shared.settings.pool.drain_timeout;
+    if tokio::time::timeout(deadline, turns.wait()).await.is_err() {
+        tracing::warn!(?deadline, "turns still running after the drain deadline; interrupting them");
+        shared.abort_turns.cancel();
+        let grace = shared.settings.agent.interrupt_grace + shared.settings.agent.terminate_timeout;
+        if tokio::time::timeout(grace, turns.wait()).await.is_err() {
+            tracing::error!("turns did not stop after interrupting; their leases will expire");
+        }
+    }
+}
+
+pub(super) fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    // A poisoned lock means a panic while holding it; the table is still
+    // plain data, so keep going with it.
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// The directories of slot `index`.
+pub(super) fn slot_dirs(shared: &Shared, index: u32) -> Result<SlotDirs, StartError> {
+    SlotDirs::new(&shared.slots_base, &format!("slot-{index}"))
+}
+
+/// Replace slot `index`'s process with a new one on `session`. Marks the
+/// slot Fresh (or Failed) when done, unless the caller keeps it (returns the
+/// result for the caller to set the state).
+pub(super) async fn restart_slot(shared: Arc<Shared>, index: u32, session: SessionStart) -> bool {
+    let ok = replace_process(&shared, index, session).await.is_ok();
+    {
+        let mut table = lock(&shared.table);
+        let slot = &mut table[index as usize];
+        slot.state = if ok { SlotState::Fresh } else { SlotState::Failed };
+        slot.conversation = None;
+    }
+    shared.changed.notify_waiters();
+    ok
+}
+
+/// Stop slot `index`'s current process (if any) and start a new one.
+pub(super) async fn replace_process(
+    shared: &Shared,
+    index: u32,
+    session: SessionStart,
+) -> Result<(), StartError> {
+    {
+        let mut table = lock(&shared.table);
+        let slot = &mut table[index as usize];
+        if slot.state != SlotState::Busy {
+            slot.state = SlotState::Starting;
+        }
+        slot.pid = None;
+    }
+    let mut cell = shared.processes[index as usize].lock().await;
+    if let Some(mut old) = cell.take() {
+        old.terminate().await;
+    }
+    let dirs = slot_dirs(shared, index)?;
+    let started = Instant::now();
+    let result = shared.launcher.start(&dirs, session).await;
+    let mut table = lock(&shared.table);
+    let slot = &mut table[index as usize];
+    slot.generation += 1;
+    slot.turns = 0;
+    match result {
+        Ok(process) => {
+            slot.pid = process.pid();
+            slot.started_at = Some(SystemTime::now());
+            slot.started = Some(Instant::now());
+            metrics::histogram!("switchboard_pool_slot_start_seconds").record(started.elapsed().as_secs_f64());
+            tracing::info!(slot = index, pid = ?slot.pid, generation = slot.generation, elapsed = ?started.elapsed(), "slot ready");
+            *cell = Some(process);
+            Ok(())
+        }
+        Err(e) => {
+            metrics::counter!("switchboard_pool_slot_start_failures_total").increment(1);
+            tracing::error!(slot = index, error = %e, "slot failed to start");
+            Err(e)
+        }
+    }
+}
+
+/// Heartbeat and pool status, every third of the heartbeat TTL.
+async fn heartbeat(shared: Arc<Shared>, stop: CancellationToken) {
+    let every = shared.queue.settings().heartbeat_ttl / 3;
+    loop {
+        match shared.queue.heartbeat(&shared.id).await {
+            Ok(true) => {}
+            Ok(false) => tracing::warn!(worker = %shared.id, "heartbeat had lapsed; registered again"),
+            Err(e) => tracing::warn!(error = %e, "heartbeat failed"),
+        }
+        let status = super::status::worker_status(&shared);
+        if let Err(e) = shared.queue.publish_status(&shared.id, &status).await {
+            tracing::debug!(error = %e, "pool status not published");
+        }
+        tokio::select! {
+            _ = stop.cancelled() => return,
+            _ = tokio::time::sleep(every) => {}
+        }
+    }
+}
+
+/// Idle timeouts, keeping `min_fresh` fresh slots, retrying failed starts.
+async fn maintain(shared: Arc<Shared>, stop: CancellationToken) {
+    let mut failed_since: Vec<Option<Instant>> = vec![None; shared.processes.len()];
+    loop {
+        tokio::select! {
+            _ = stop.cancelled() => return,
+            _ = tokio::time::sleep(Duration::from_millis(500)) => {}
+        }
+        for index in pick_maintenance(&shared, &mut failed_since) {
+            super::turn::evict(&shared, index).await;
+            tokio::spawn(restart_slot(shared.clone(), index, SessionStart::New));
+        }
+    }
+}
+
+/// Which slots maintenance restarts now (marked Starting).
+fn pick_maintenance(shared: &Shared, failed_since: &mut [Option<Instant>]) -> Vec<u32> {
+    let pool = &shared.settings.pool;
+    let mut table = lock(&shared.table);
+    let mut picked = Vec::new();
+    for slot in table.iter() {
+        let i = slot.index as usize;
+        match slot.state {
+            SlotState::Failed => {
+                let since = *failed_since[i].get_or_insert_with(Instant::now);
+                if since.elapsed() >= Duration::from_secs(5) {
+                    failed_since[i] = None;
+                    picked.push(slot.index);
+                }
+            }
+            SlotState::Bound if slot.last_used.elapsed() >= pool.idle_timeout => picked.push(slot.index),
+            _ => failed_since[i] = None,
+        }
+    }
+    let fresh = table
+        .iter()
+        .filter(|s| matches!(s.state, SlotState::Fresh | SlotState::Starting))
+        .count() as u32
+        + picked.len() as u32;
+    if fresh < pool.min_fresh {
+        let mut bound: Vec<&SlotMeta> = table
+            .iter()
+            .filter(|s| s.state == SlotState::Bound && !picked.contains(&s.index))
+            .collect();
+        bound.sort_by_key(|s| s.last_used);
+        picked.extend(bound.iter().take((pool.min_fresh - fresh) as usize).map(|s| s.index));
+    }
+    for &index in &picked {
+        table[index as usize].state = SlotState::Starting;
+    }
+    picked
+}
