@@ -48,7 +48,12 @@ impl Application {
             update_interval: self.settings.egress.update_interval,
             blocking_read: self.settings.redis.blocking_read,
         };
-        Ok(Worker::new(worker_id(), self.queue.clone(), launcher, settings)?)
+        Ok(Worker::new(
+            worker_id(),
+            self.queue.clone(),
+            launcher,
+            settings,
+        )?)
     }
 
     fn process_runtime(&self) -> anyhow::Result<ProcessRuntime> {
@@ -84,7 +89,11 @@ fn worker_id() -> WorkerId {
     } else {
         String::new()
     };
-    let host = if host.is_empty() { "worker".into() } else { host };
+    let host = if host.is_empty() {
+        "worker".into()
+    } else {
+        host
+    };
     let id = format!("{host}-{}", std::process::id());
     // Only letters, digits, '-' and '.' remain, which WorkerId accepts; the
     // fallback is for the impossible case anyway.
@@ -93,7 +102,9 @@ fn worker_id() -> WorkerId {
 
 /// `/admin/pool`: every worker's slots, from Redis.
 pub(super) fn admin_routes(queue: Queue) -> Router {
-    Router::new().route("/pool", get(pool_status)).with_state(queue)
+    Router::new()
+        .route("/pool", get(pool_status))
+        .with_state(queue)
 }
 
 async fn pool_status(State(queue): State<Queue>) -> (StatusCode, axum::Json<serde_json::Value>) {
@@ -103,7 +114,10 @@ async fn pool_status(State(queue): State<Queue>) -> (StatusCode, axum::Json<serd
                 .into_iter()
                 .map(|(id, live, status)| serde_json::json!({"worker": id, "live": live, "status": status}))
                 .collect();
-            (StatusCode::OK, axum::Json(serde_json::json!({ "workers": workers })))
+            (
+                StatusCode::OK,
+                axum::Json(serde_json::json!({ "workers": workers })),
+            )
         }
         Err(e) => (
             StatusCode::SERVICE_UNAVAILABLE,

@@ -96,7 +96,9 @@ impl Assignment {
             Assignment::Warm { .. } => "warm",
             Assignment::Fresh { .. } => "fresh",
             Assignment::Restart { evicted: None, .. } => "resume",
-            Assignment::Restart { evicted: Some(_), .. } => "evict",
+            Assignment::Restart {
+                evicted: Some(_), ..
+            } => "evict",
         }
     }
 }
@@ -112,7 +114,11 @@ pub fn assign(
 ) -> Option<Assignment> {
     let warm = owner
         .filter(|o| &o.worker == me)
-        .and_then(|o| table.iter().find(|s| s.index == o.slot && s.generation == o.generation))
+        .and_then(|o| {
+            table
+                .iter()
+                .find(|s| s.index == o.slot && s.generation == o.generation)
+        })
         .filter(|s| s.state == SlotState::Bound && s.conversation.as_ref() == Some(cid))
         .map(|s| s.index);
     let assignment = if let Some(slot) = warm {
@@ -188,7 +194,13 @@ mod tests {
     #[test]
     fn a_follow_up_goes_back_to_its_warm_slot() {
         let mut t = table(&[SlotState::Fresh, SlotState::Bound]);
-        let got = assign(&mut t, &me(), &ConversationId::new("c1"), Some(&owner(1, 1)), true);
+        let got = assign(
+            &mut t,
+            &me(),
+            &ConversationId::new("c1"),
+            Some(&owner(1, 1)),
+            true,
+        );
         assert_eq!(got, Some(Assignment::Warm { slot: 1 }));
         assert_eq!(t[1].state, SlotState::Busy);
     }
@@ -196,8 +208,20 @@ mod tests {
     #[test]
     fn a_stale_generation_is_not_warm() {
         let mut t = table(&[SlotState::Fresh, SlotState::Bound]);
-        let got = assign(&mut t, &me(), &ConversationId::new("c1"), Some(&owner(1, 0)), true);
-        assert_eq!(got, Some(Assignment::Restart { slot: 0, evicted: None }));
+        let got = assign(
+            &mut t,
+            &me(),
+            &ConversationId::new("c1"),
+            Some(&owner(1, 0)),
+            true,
+        );
+        assert_eq!(
+            got,
+            Some(Assignment::Restart {
+                slot: 0,
+                evicted: None
+            })
+        );
     }
 
     #[test]
@@ -208,8 +232,20 @@ mod tests {
             slot: 1,
             generation: 1,
         };
-        let got = assign(&mut t, &me(), &ConversationId::new("c1"), Some(&other), true);
-        assert!(matches!(got, Some(Assignment::Restart { evicted: Some(_), .. })));
+        let got = assign(
+            &mut t,
+            &me(),
+            &ConversationId::new("c1"),
+            Some(&other),
+            true,
+        );
+        assert!(matches!(
+            got,
+            Some(Assignment::Restart {
+                evicted: Some(_),
+                ..
+            })
+        ));
     }
 
     #[test]
@@ -238,6 +274,9 @@ mod tests {
     #[test]
     fn nothing_available_gives_none() {
         let mut t = table(&[SlotState::Busy, SlotState::Starting]);
-        assert_eq!(assign(&mut t, &me(), &ConversationId::new("c"), None, false), None);
+        assert_eq!(
+            assign(&mut t, &me(), &ConversationId::new("c"), None, false),
+            None
+        );
     }
 }

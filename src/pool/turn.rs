@@ -43,7 +43,11 @@ async fn run_claim(shared: Arc<Shared>, claim: Claim, assignment: Assignment) {
 }
 
 /// Get the slot's process ready for this conversation.
-async fn prepare(shared: &Arc<Shared>, claim: &Claim, assignment: &Assignment) -> Result<(), String> {
+async fn prepare(
+    shared: &Arc<Shared>,
+    claim: &Claim,
+    assignment: &Assignment,
+) -> Result<(), String> {
     let slot = assignment.slot();
     let usable = {
         let cell = shared.processes[slot as usize].lock().await;
@@ -156,15 +160,28 @@ async fn run_turn(shared: &Arc<Shared>, claim: &Claim, slot: u32) -> Finished {
         return Finished::Restart;
     }
     match outcome {
-        Ok(result) if !result.is_error => commit(shared, claim, slot, process.as_mut(), result).await,
+        Ok(result) if !result.is_error => {
+            commit(shared, claim, slot, process.as_mut(), result).await
+        }
         Ok(result) => {
-            let reason = format!("agent reported an error ({}): {}", result.subtype, truncate(&result.text, 200));
+            let reason = format!(
+                "agent reported an error ({}): {}",
+                result.subtype,
+                truncate(&result.text, 200)
+            );
             fail(shared, claim, &reason, true).await;
-            if process.is_usable() { Finished::Bound } else { Finished::Restart }
+            if process.is_usable() {
+                Finished::Bound
+            } else {
+                Finished::Restart
+            }
         }
         Err(e) => {
             fail(shared, claim, &e.to_string(), e.is_retryable()).await;
-            if e.process_dead() || !process.is_usable() || matches!(e, TurnError::Interrupted { .. }) {
+            if e.process_dead()
+                || !process.is_usable()
+                || matches!(e, TurnError::Interrupted { .. })
+            {
                 Finished::Restart
             } else {
                 Finished::Bound
@@ -180,7 +197,10 @@ async fn commit(
     process: &mut dyn AgentProcess,
     result: TurnResult,
 ) -> Finished {
-    let session_id = result.session_id.clone().or_else(|| process.session_id().map(String::from));
+    let session_id = result
+        .session_id
+        .clone()
+        .or_else(|| process.session_id().map(String::from));
     if let Some(session_id) = &session_id {
         save_session(shared, claim, slot, session_id).await;
     }
@@ -200,11 +220,14 @@ async fn commit(
     };
     match shared.queue.commit(&claim.lease, &commit).await {
         Ok(()) => {
-            metrics::counter!("switchboard_pool_turns_total", "outcome" => "committed").increment(1);
+            metrics::counter!("switchboard_pool_turns_total", "outcome" => "committed")
+                .increment(1);
             lock(&shared.table)[slot as usize].turns += 1;
         }
         Err(QueueError::Fenced(_)) => {
-            tracing::warn!("lease lost before commit; the reply is dropped, another worker answers");
+            tracing::warn!(
+                "lease lost before commit; the reply is dropped, another worker answers"
+            );
             return Finished::Restart;
         }
         Err(e) => {
@@ -214,17 +237,27 @@ async fn commit(
             return Finished::Restart;
         }
     }
-    if keep { Finished::Bound } else { Finished::Restart }
+    if keep {
+        Finished::Bound
+    } else {
+        Finished::Restart
+    }
 }
 
 async fn save_session(shared: &Shared, claim: &Claim, slot: u32, session_id: &str) {
     let bytes = match slot_dirs(shared, slot) {
-        Ok(dirs) => transcript::read(&dirs, session_id).await.map_err(|e| e.to_string()),
+        Ok(dirs) => transcript::read(&dirs, session_id)
+            .await
+            .map_err(|e| e.to_string()),
         Err(e) => Err(e.to_string()),
     };
     match bytes {
         Ok(bytes) => {
-            if let Err(e) = shared.queue.save_session(&claim.lease, session_id, &bytes).await {
+            if let Err(e) = shared
+                .queue
+                .save_session(&claim.lease, session_id, &bytes)
+                .await
+            {
                 tracing::warn!(error = %e, "session not saved; a resume elsewhere starts anew");
             }
         }
@@ -289,7 +322,9 @@ async fn disown(shared: &Shared, cid: &ConversationId, owner: &Owner) {
         Ok(_) => metrics::counter!("switchboard_pool_evictions_total").increment(1),
         // The conversation resumes from its session either way; a stale
         // owner only delays it until this worker's claim finds the slot gone.
-        Err(e) => tracing::warn!(conversation = %cid, error = %e, "could not clear the owner on eviction"),
+        Err(e) => {
+            tracing::warn!(conversation = %cid, error = %e, "could not clear the owner on eviction")
+        }
     }
 }
 
@@ -320,7 +355,9 @@ pub fn format_batch(messages: &[QueuedMessage]) -> String {
                 "\n[attached file: {} ({}, {} bytes)]",
                 f.name,
                 f.mimetype.as_deref().unwrap_or("unknown type"),
-                f.size.map(|s| s.to_string()).unwrap_or_else(|| "unknown".into())
+                f.size
+                    .map(|s| s.to_string())
+                    .unwrap_or_else(|| "unknown".into())
             ));
         }
     }

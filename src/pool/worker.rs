@@ -12,7 +12,9 @@ use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use crate::agent::{AgentLauncher, AgentProcess, AgentSettings, SessionStart, SlotDirs, StartError};
+use crate::agent::{
+    AgentLauncher, AgentProcess, AgentSettings, SessionStart, SlotDirs, StartError,
+};
 use crate::queue::{ClaimOutcome, Queue, QueueError, WorkerId};
 
 use super::PoolSettings;
@@ -173,7 +175,10 @@ async fn claim_loop(shared: &Arc<Shared>, turns: &TaskTracker, shutdown: &Cancel
                         // Cannot happen (we only claim with a slot free);
                         // hand the conversation back rather than hold it.
                         tracing::error!("claimed with no slot available; handing it back");
-                        let _ = shared.queue.fail(&claim.lease, "no slot available", true).await;
+                        let _ = shared
+                            .queue
+                            .fail(&claim.lease, "no slot available", true)
+                            .await;
                     }
                 }
             }
@@ -210,7 +215,10 @@ async fn drain(shared: &Arc<Shared>, turns: &TaskTracker) {
     turns.close();
     let deadline = shared.settings.pool.drain_timeout;
     if tokio::time::timeout(deadline, turns.wait()).await.is_err() {
-        tracing::warn!(?deadline, "turns still running after the drain deadline; interrupting them");
+        tracing::warn!(
+            ?deadline,
+            "turns still running after the drain deadline; interrupting them"
+        );
         shared.abort_turns.cancel();
         let grace = shared.settings.agent.interrupt_grace + shared.settings.agent.terminate_timeout;
         if tokio::time::timeout(grace, turns.wait()).await.is_err() {
@@ -238,7 +246,11 @@ pub(super) async fn restart_slot(shared: Arc<Shared>, index: u32, session: Sessi
     {
         let mut table = lock(&shared.table);
         let slot = &mut table[index as usize];
-        slot.state = if ok { SlotState::Fresh } else { SlotState::Failed };
+        slot.state = if ok {
+            SlotState::Fresh
+        } else {
+            SlotState::Failed
+        };
         slot.conversation = None;
     }
     shared.changed.notify_waiters();
@@ -275,7 +287,8 @@ pub(super) async fn replace_process(
             slot.pid = process.pid();
             slot.started_at = Some(SystemTime::now());
             slot.started = Some(Instant::now());
-            metrics::histogram!("switchboard_pool_slot_start_seconds").record(started.elapsed().as_secs_f64());
+            metrics::histogram!("switchboard_pool_slot_start_seconds")
+                .record(started.elapsed().as_secs_f64());
             tracing::info!(slot = index, pid = ?slot.pid, generation = slot.generation, elapsed = ?started.elapsed(), "slot ready");
             *cell = Some(process);
             Ok(())
@@ -294,7 +307,9 @@ async fn heartbeat(shared: Arc<Shared>, stop: CancellationToken) {
     loop {
         match shared.queue.heartbeat(&shared.id).await {
             Ok(true) => {}
-            Ok(false) => tracing::warn!(worker = %shared.id, "heartbeat had lapsed; registered again"),
+            Ok(false) => {
+                tracing::warn!(worker = %shared.id, "heartbeat had lapsed; registered again")
+            }
             Err(e) => tracing::warn!(error = %e, "heartbeat failed"),
         }
         let status = super::status::worker_status(&shared);
@@ -338,7 +353,9 @@ fn pick_maintenance(shared: &Shared, failed_since: &mut [Option<Instant>]) -> Ve
                     picked.push(slot.index);
                 }
             }
-            SlotState::Bound if slot.last_used.elapsed() >= pool.idle_timeout => picked.push(slot.index),
+            SlotState::Bound if slot.last_used.elapsed() >= pool.idle_timeout => {
+                picked.push(slot.index)
+            }
             _ => failed_since[i] = None,
         }
     }
@@ -353,7 +370,12 @@ fn pick_maintenance(shared: &Shared, failed_since: &mut [Option<Instant>]) -> Ve
             .filter(|s| s.state == SlotState::Bound && !picked.contains(&s.index))
             .collect();
         bound.sort_by_key(|s| s.last_used);
-        picked.extend(bound.iter().take((pool.min_fresh - fresh) as usize).map(|s| s.index));
+        picked.extend(
+            bound
+                .iter()
+                .take((pool.min_fresh - fresh) as usize)
+                .map(|s| s.index),
+        );
     }
     for &index in &picked {
         table[index as usize].state = SlotState::Starting;

@@ -3,6 +3,8 @@
 mod agent;
 mod foundation;
 mod helpers;
+mod pool;
+mod pool_support;
 mod queue;
 mod queue_chaos;
 mod queue_process;

@@ -1,0 +1,167 @@
+//! The warm pool: a worker with real stand-in agent processes on real Redis.
+
+use std::time::Duration;
+
+use crate::helpers::*;
+use crate::pool_support::*;
+use crate::queue_support::*;
+
+#[tokio::test]
+async fn a_new_conversation_is_served_by_a_pre_started_slot_and_its_follow_up_by_the_same_process()
+{
+    let redis = TestRedis::start();
+    let (queue, _) = test_queue(&redis, "warm", pool_queue_settings());
+    let dir = tempfile::tempdir().expect("tempdir");
+    let w = TestWorker::start(&queue, "warm", pool(2, 1), agent_settings(dir.path())).await;
+    let pids = fresh_pids(&queue, &w.id, 2).await;
+    say(&queue, "c1", 0, "[[pid]] hello").await;
+    let (first, error) = nth_reply(&queue, "c1", 1).await;
+    assert!(error.is_none(), "{first}");
+    let pid = reported_pid(&first);
+    assert!(
+        pids.contains(&pid),
+        "served by pid {pid}, which was not one of the pre-started {pids:?}"
+    );
+    assert!(
+        first.contains("reply to: Ada (U1): [[pid]] hello"),
+        "{first}"
+    );
+    say(&queue, "c1", 1, "[[pid]] and again").await;
+    let (second, _) = nth_reply(&queue, "c1", 2).await;
+    assert_eq!(
+        reported_pid(&second),
+        pid,
+        "the follow-up went back to the same process"
+    );
+    assert!(second.contains("earlier: 1"), "{second}");
+    w.shutdown().await;
+    for pid in pids {
+        assert!(!alive(pid), "agent {pid} outlived the worker's shutdown");
+    }
+}
+
+#[tokio::test]
+async fn with_two_slots_and_three_conversations_eviction_then_resume_keeps_the_earlier_turns() {
+    let redis = TestRedis::start();
+    let (queue, _) = test_queue(&redis, "evict", pool_queue_settings());
+    let dir = tempfile::tempdir().expect("tempdir");
+    let w = TestWorker::start(&queue, "evict", pool(2, 0), agent_settings(dir.path())).await;
+    fresh_pids(&queue, &w.id, 2).await;
+    say(&queue, "c1", 0, "remember the word avocado").await;
+    nth_reply(&queue, "c1", 1).await;
+    say(&queue, "c2", 0, "second conversation").await;
+    nth_reply(&queue, "c2", 1).await;
+    say(&queue, "c3", 0, "third conversation").await;
+    nth_reply(&queue, "c3", 1).await;
+    // c1's slot was the least recently used: evicted for c3. c1 comes back.
+    say(&queue, "c1", 1, "[[pid]] what was the word?").await;
+    let (reply, error) = nth_reply(&queue, "c1", 2).await;
+    assert!(error.is_none(), "{reply}");
+    assert!(
+        reply.contains("earlier: 1"),
+        "the resumed session kept the first turn: {reply}"
+    );
+    assert!(reply.contains("avocado"), "{reply}");
+    let evictions = replies_for(&queue, "c2").await.len() + replies_for(&queue, "c3").await.len();
+    assert_eq!(evictions, 2, "each other conversation answered once");
+    w.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_hung_agent_is_killed_by_the_watchdog_and_the_turn_retried() {
+    let redis = TestRedis::start();
+    let mut settings = pool_queue_settings();
+    settings.max_attempts = 2;
+    let (queue, _) = test_queue(&redis, "hang", settings);
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut agent = agent_settings(dir.path());
+    agent.silence_timeout = Duration::from_millis(800);
+    let w = TestWorker::start(&queue, "hang", pool(2, 1), agent).await;
+    let pids = fresh_pids(&queue, &w.id, 2).await;
+    say(&queue, "c1", 0, "[[hang]]").await;
+    let (reply, error) = nth_reply(&queue, "c1", 1).await;
+    assert!(
+        error.is_some(),
+        "after the attempts, an honest error reply: {reply}"
+    );
+    let dead = queue.dead_letters(10).await.expect("dead letters");
+    assert_eq!(dead.len(), 1);
+    assert_eq!(dead[0].attempts, 2, "the hung turn was retried once");
+    assert!(
+        dead[0].reason.to_lowercase().contains("silen") || dead[0].reason.contains("output"),
+        "{}",
+        dead[0].reason
+    );
+    // The hung processes were killed.
+    wait_until(Duration::from_secs(10), "hung agents killed", || {
+        let gone = pids.iter().filter(|&&p| !alive(p)).count();
+        async move { (gone >= 1).then_some(()) }
+    })
+    .await;
+    // The pool is healthy again: the next conversation is answered.
+    say(&queue, "c2", 0, "still there?").await;
+    assert!(nth_reply(&queue, "c2", 1).await.1.is_none());
+    w.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_crashing_agent_ends_in_one_error_reply_and_a_dead_letter() {
+    let redis = TestRedis::start();
+    let (queue, _) = test_queue(&redis, "crash", pool_queue_settings());
+    let dir = tempfile::tempdir().expect("tempdir");
+    let w = TestWorker::start(&queue, "crash", pool(2, 1), agent_settings(dir.path())).await;
+    fresh_pids(&queue, &w.id, 2).await;
+    say(&queue, "c1", 0, "[[crash]]").await;
+    let (reply, error) = nth_reply(&queue, "c1", 1).await;
+    assert!(error.is_some(), "{reply}");
+    let dead = queue.dead_letters(10).await.expect("dead letters");
+    assert_eq!(dead.len(), 1);
+    assert_eq!(dead[0].attempts, queue.settings().max_attempts);
+    // Exactly one reply, even after everything settles.
+    say(&queue, "c1", 1, "after the crash").await;
+    let (after, error) = nth_reply(&queue, "c1", 2).await;
+    assert!(error.is_none(), "{after}");
+    assert_eq!(replies_for(&queue, "c1").await.len(), 2);
+    w.shutdown().await;
+}
+
+#[tokio::test]
+async fn agents_run_as_another_user_cannot_read_the_worker_or_see_redis_credentials() {
+    // SAFETY: geteuid has no side effects.
+    if unsafe { libc::geteuid() } != 0 {
+        panic!("this test needs root (agent.user = nobody); the test command runs as root");
+    }
+    let redis = TestRedis::start();
+    let (queue, _) = test_queue(&redis, "user", pool_queue_settings());
+    let dir = tempfile::tempdir().expect("tempdir");
+    {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o711))
+            .expect("chmod");
+    }
+    let mut agent = agent_settings(dir.path());
+    agent.user = Some("nobody".into());
+    let w = TestWorker::start(&queue, "user", pool(1, 1), agent).await;
+    fresh_pids(&queue, &w.id, 1).await;
+    let me = std::process::id();
+    say(
+        &queue,
+        "c1",
+        0,
+        &format!("[[env]] [[read:/proc/{me}/environ]]"),
+    )
+    .await;
+    let (reply, error) = nth_reply(&queue, "c1", 1).await;
+    assert!(error.is_none(), "{reply}");
+    assert!(
+        reply.contains(&format!("read /proc/{me}/environ: error")),
+        "{reply}"
+    );
+    assert!(
+        !reply.contains("REDIS"),
+        "no Redis credentials in the agent's environment: {reply}"
+    );
+    assert!(!reply.contains(&redis.url()), "{reply}");
+    assert!(!reply.contains("SLACK"), "{reply}");
+    w.shutdown().await;
+}
