@@ -4,6 +4,7 @@ mod agent;
 mod foundation;
 mod helpers;
 mod pool;
+mod pool_process;
 mod pool_support;
 mod queue;
 mod queue_chaos;

@@ -61,6 +61,8 @@ impl TestWorker {
         let launcher = agent::launcher(&agent).expect("launcher");
         let w = Worker::new(id.clone(), queue.clone(), launcher, settings).expect("worker");
         let stop = CancellationToken::new();
+        // Every worker process also runs a reaper, as the application does.
+        tokio::spawn(switchboard::queue::Reaper::new(queue.clone()).run(stop.clone()));
         let handle = tokio::spawn({
             let stop = stop.clone();
             async move { w.run(stop).await.expect("worker run") }
