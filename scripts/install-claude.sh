@@ -48,7 +48,7 @@ echo "== downloading claude-agent-sdk $SDK_VERSION (it bundles the claude CLI $C
   --dest "$work" "claude-agent-sdk==$SDK_VERSION" \
   || fail "pip could not download claude-agent-sdk==$SDK_VERSION for linux x86_64 (is PyPI reachable?)"
 
-wheel=$(ls "$work"/claude_agent_sdk-"$SDK_VERSION"-*.whl 2>/dev/null | head -n1)
+wheel=$(ls "$work"/claude_agent_sdk-"$SDK_VERSION"-*.whl 2>/dev/null | head -n1 || true)
 [ -n "$wheel" ] || fail "pip downloaded no claude_agent_sdk $SDK_VERSION wheel into $work"
 
 "$PYTHON" - "$wheel" "$work/claude" <<'PY' || fail "could not extract the CLI from $wheel"

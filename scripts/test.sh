@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The whole test suite, on a fresh machine: installs what is missing
 # (redis-server from Debian's packages, the pinned Claude Code CLI from PyPI
-# into .tools/claude), then checks formatting and lints, and runs every test. `.ci/run` calls exactly this.
+# into .tools/claude), then checks formatting and lints, and runs every
+# test. `.ci/run` calls exactly this.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
