@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The whole test suite, on a fresh machine: installs what is missing
-# (redis-server from Debian's packages), then checks formatting and lints,
-# and runs every test. `.ci/run` calls exactly this.
+# (redis-server from Debian's packages, the pinned Claude Code CLI from PyPI
+# into .tools/claude), then checks formatting and lints, and runs every
+# test. `.ci/run` calls exactly this.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -14,6 +15,8 @@ if [ ${#missing[@]} -gt 0 ]; then
   as_root apt-get update -qq
   DEBIAN_FRONTEND=noninteractive as_root apt-get install -y -qq --no-install-recommends "${missing[@]}"
 fi
+
+scripts/install-claude.sh
 
 echo "== rustfmt"
 cargo fmt --all --check

@@ -1,6 +1,8 @@
 //! One integration-test binary; each module covers one area.
 
 mod agent;
+mod anthropic_stub;
+mod claude_cli;
 mod foundation;
 mod helpers;
 mod pool;
