@@ -333,3 +333,72 @@ async fn real_claude_cli_resuming_an_unknown_session_is_reported_as_missing() {
     assert!(error.is_retryable(), "{error}");
     assert!(stub.message_requests().is_empty());
 }
+
+/// The same through the pool: a worker with the real CLI in its slot runs
+/// three turns on one warm process, recycles it (max turns per process),
+/// and the fourth turn resumes on a new process from the session stored in
+/// Redis and sees the earlier turns.
+#[tokio::test]
+async fn real_claude_cli_in_the_pool_recycles_and_resumes_from_redis() {
+    use crate::pool_support::*;
+    use crate::queue_support::*;
+    let stub = AnthropicStub::start().await;
+    let redis = crate::helpers::TestRedis::start();
+    let (queue, _) = test_queue(&redis, "cli-pool", pool_queue_settings());
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut agent = cli_settings(&stub);
+    agent.slots_dir = dir.path().to_path_buf();
+    agent.max_turns_per_process = 3;
+    let w = TestWorker::start(&queue, "cli", pool(1, 1), agent).await;
+    let first_pid = fresh_pids(&queue, &w.id, 1).await[0];
+    for (n, word) in ["alpha", "bravo", "charlie"].iter().enumerate() {
+        say(&queue, "c1", n as u32, &format!("remember {word}")).await;
+        let (reply, error) = nth_reply(&queue, "c1", n + 1).await;
+        assert!(error.is_none(), "{reply}");
+        assert!(
+            reply.contains(&format!("saw {} user messages", n + 1)),
+            "{reply}"
+        );
+    }
+    // The slot was recycled after three turns: a new process.
+    let second_pid = wait_until(Duration::from_secs(60), "the recycled slot", || {
+        let (queue, id) = (queue.clone(), w.id.clone());
+        async move {
+            let slots = slots_of(&queue, &id).await;
+            slots
+                .first()
+                .and_then(|s| s.1)
+                .filter(|&p| p != first_pid && s_is_fresh(&slots))
+        }
+    })
+    .await;
+    assert!(
+        !crate::helpers::alive(first_pid),
+        "the worn-out process is gone"
+    );
+    say(&queue, "c1", 3, "which words did I give you?").await;
+    let (reply, error) = nth_reply(&queue, "c1", 4).await;
+    assert!(error.is_none(), "{reply}");
+    assert!(
+        reply.contains("saw 4 user messages"),
+        "the resumed session carries the earlier turns: {reply}"
+    );
+    assert!(reply.contains("remember alpha"), "{reply}");
+    let last = stub.message_requests().last().cloned().expect("a request");
+    let texts = last.user_texts();
+    assert!(
+        texts.iter().any(|t| t.contains("remember bravo")),
+        "{texts:?}"
+    );
+    let slots = slots_of(&queue, &w.id).await;
+    assert_ne!(
+        slots[0].1,
+        Some(first_pid),
+        "turn 4 ran on a new process ({second_pid} or later)"
+    );
+    w.shutdown().await;
+}
+
+fn s_is_fresh(slots: &[(String, Option<u32>, Option<String>)]) -> bool {
+    slots.first().is_some_and(|s| s.0 == "fresh")
+}
