@@ -77,6 +77,13 @@ pub struct AgentSettings {
     /// Variables for the agent's environment, on top of PATH, HOME, LANG, the
     /// slot's directories and `CLAUDE_CODE_DISABLE_NONESSENTIAL_TRAFFIC=1`.
     pub env: BTreeMap<String, String>,
+    /// File holding the agent's API key, read when `ANTHROPIC_API_KEY` is
+    /// unset; passed to agents as `ANTHROPIC_API_KEY`.
+    pub api_key_file: Option<PathBuf>,
+    /// Secret variables for the agent (its own API key), filled from the
+    /// environment at load; never serialized or logged.
+    #[serde(skip)]
+    pub secret_env: BTreeMap<String, crate::config::Secret>,
 }
 
 impl Default for AgentSettings {
@@ -104,6 +111,8 @@ impl Default for AgentSettings {
             max_turns_per_process: 200,
             max_rss_mib: 1024,
             env: BTreeMap::new(),
+            api_key_file: None,
+            secret_env: BTreeMap::new(),
         }
     }
 }

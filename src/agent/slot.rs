@@ -180,6 +180,7 @@ pub(crate) fn base_command(
         .env("CLAUDE_CODE_TMPDIR", &slot.tmp)
         .env("CLAUDE_CODE_DISABLE_NONESSENTIAL_TRAFFIC", "1")
         .envs(&settings.env)
+        .envs(settings.secret_env.iter().map(|(k, v)| (k, v.expose())))
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped());

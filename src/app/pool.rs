@@ -70,6 +70,7 @@ impl Application {
             program,
             config_file,
             redis_url: self.redis_url.clone(),
+            agent_api_key: self.settings.secrets.anthropic_api_key.clone(),
             containers: pool.containers,
             stop_timeout: pool.drain_timeout + agent.interrupt_grace + agent.terminate_timeout,
         })

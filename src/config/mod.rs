@@ -77,6 +77,8 @@ pub struct Secrets {
     pub slack_app_token: Option<Secret>,
     /// `SWITCHBOARD_ADMIN_TOKEN`: bearer token for the admin listener.
     pub admin_token: Option<Secret>,
+    /// `ANTHROPIC_API_KEY`: the agent's own API key, passed to agents only.
+    pub anthropic_api_key: Option<Secret>,
 }
 
 impl Settings {
@@ -95,6 +97,12 @@ impl Settings {
         figment = figment.merge(Env::prefixed(ENV_PREFIX).split("__"));
         let mut settings: Settings = figment.extract().map_err(describe_figment_error)?;
         settings.secrets = Secrets::from_env(&settings)?;
+        if let Some(key) = &settings.secrets.anthropic_api_key {
+            settings
+                .agent
+                .secret_env
+                .insert("ANTHROPIC_API_KEY".into(), key.clone());
+        }
         settings.validate()?;
         Ok(settings)
     }
@@ -203,16 +211,22 @@ impl Secrets {
                 "admin.token_file",
                 &settings.admin.token_file,
             )?,
+            anthropic_api_key: secret(
+                "ANTHROPIC_API_KEY",
+                "agent.api_key_file",
+                &settings.agent.api_key_file,
+            )?,
         })
     }
 
-    fn listing(&self) -> [(&'static str, &Option<Secret>); 5] {
+    fn listing(&self) -> [(&'static str, &Option<Secret>); 6] {
         [
             ("REDIS_URL", &self.redis_url),
             ("SLACK_SIGNING_SECRET", &self.slack_signing_secret),
             ("SLACK_BOT_TOKEN", &self.slack_bot_token),
             ("SLACK_APP_TOKEN", &self.slack_app_token),
             ("SWITCHBOARD_ADMIN_TOKEN", &self.admin_token),
+            ("ANTHROPIC_API_KEY", &self.anthropic_api_key),
         ]
     }
 }

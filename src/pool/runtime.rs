@@ -23,6 +23,8 @@ pub struct ProcessRuntime {
     pub config_file: PathBuf,
     /// The Redis URL workers use (passed in their environment).
     pub redis_url: Secret,
+    /// The agents' API key, when set (passed on to agents only).
+    pub agent_api_key: Option<Secret>,
     pub containers: u32,
     /// How long a worker may take to drain and stop.
     pub stop_timeout: Duration,
@@ -50,6 +52,12 @@ async fn supervise(runtime: ProcessRuntime, index: u32, shutdown: CancellationTo
             .arg(&runtime.config_file)
             .env_clear()
             .env("REDIS_URL", runtime.redis_url.expose())
+            .envs(
+                runtime
+                    .agent_api_key
+                    .iter()
+                    .map(|k| ("ANTHROPIC_API_KEY", k.expose())),
+            )
             .stdin(Stdio::null());
         process::configure(
             &mut command,

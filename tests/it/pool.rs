@@ -141,6 +141,10 @@ async fn agents_run_as_another_user_cannot_read_the_worker_or_see_redis_credenti
     }
     let mut agent = agent_settings(dir.path());
     agent.user = Some("nobody".into());
+    agent.secret_env.insert(
+        "ANTHROPIC_API_KEY".into(),
+        switchboard::config::Secret::new("sk-agent-own-key"),
+    );
     let w = TestWorker::start(&queue, "user", pool(1, 1), agent).await;
     fresh_pids(&queue, &w.id, 1).await;
     let me = std::process::id();
@@ -163,5 +167,9 @@ async fn agents_run_as_another_user_cannot_read_the_worker_or_see_redis_credenti
     );
     assert!(!reply.contains(&redis.url()), "{reply}");
     assert!(!reply.contains("SLACK"), "{reply}");
+    assert!(
+        reply.contains("env ANTHROPIC_API_KEY=sk-agent-own-key"),
+        "the agent gets its own key: {reply}"
+    );
     w.shutdown().await;
 }
