@@ -20,7 +20,8 @@
 //! (stream deltas without pause until interrupted), `[[cost:X]]`
 //! (this turn costs X USD, default 0.001), `[[env]]` (list the environment),
 //! `[[pid]]` (add the pid), `[[error]]` (an "API Error" result),
-//! `[[read:PATH]]` (say whether PATH can be read). `STAND_IN_THINK_MS` adds
+//! `[[read:PATH]]` (say whether PATH can be read). `STAND_IN_STDIN_LOG=FILE`
+//! notes when each user turn arrived (benchmarks). `STAND_IN_THINK_MS` adds
 //! a fixed think time to every turn.
 
 use std::collections::VecDeque;
@@ -150,6 +151,31 @@ enum Waited {
     Interrupted,
 }
 
+/// Append `<unix ns> <pid> <text>` for a user line to `path`.
+fn log_arrival(path: &std::path::Path, line: &str) {
+    use std::io::Write;
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_nanos())
+        .unwrap_or(0);
+    let Ok(value) = serde_json::from_str::<Value>(line) else {
+        return;
+    };
+    if value["type"] != "user" {
+        return;
+    }
+    let text = user_text(&value["message"]["content"]).unwrap_or_default();
+    let text: String = text.chars().filter(|c| *c != '\n').take(80).collect();
+    if let Ok(mut file) = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(path)
+    {
+        // A lost line only loses one benchmark sample.
+        let _ = writeln!(file, "{now} {} {text}", std::process::id());
+    }
+}
+
 fn main() {
     let args = parse_args(std::env::args().skip(1));
     let cwd = std::env::current_dir().unwrap_or_else(|_| PathBuf::from("/"));
@@ -182,9 +208,14 @@ fn main() {
         None => Vec::new(),
     };
     let (sender, inbox) = channel();
+    // For benchmarks: note when each user turn arrived on stdin.
+    let stdin_log = std::env::var_os("STAND_IN_STDIN_LOG").map(PathBuf::from);
     std::thread::spawn(move || {
         for line in std::io::stdin().lock().lines() {
             let Ok(line) = line else { break };
+            if let Some(path) = &stdin_log {
+                log_arrival(path, &line);
+            }
             if sender.send(Input::Line(line)).is_err() {
                 return;
             }
