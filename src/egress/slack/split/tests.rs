@@ -28,9 +28,12 @@ fn check(text: &str, limit: usize) -> Vec<String> {
         &text[at..]
     );
     // Every part's fences balance when the input's do.
-    if fence_lines(text) % 2 == 0 {
+    if fence_lines(text).is_multiple_of(2) {
         for part in &rendered {
-            assert_eq!(fence_lines(part) % 2, 0, "unbalanced fences in {part:?}");
+            assert!(
+                fence_lines(part).is_multiple_of(2),
+                "unbalanced fences in {part:?}"
+            );
         }
     }
     // A code block that fits in one message is in one message.
@@ -122,7 +125,7 @@ fn an_oversized_code_block_is_closed_and_reopened() {
     let parts = check(&text, 200);
     assert!(parts.len() > 2, "{parts:#?}");
     for part in &parts {
-        assert_eq!(fence_lines(part) % 2, 0, "{part:?}");
+        assert!(fence_lines(part).is_multiple_of(2), "{part:?}");
     }
     // Continuations reopen with the language tag and keep indentation.
     assert!(
