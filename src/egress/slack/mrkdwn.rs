@@ -213,6 +213,7 @@ fn inline_into(text: &str, out: &mut String) {
             }
             '[' => link(text, i, out),
             '<' => slack_control(text, i, out),
+            'h' => bare_url(text, i, out),
             '*' | '_' | '~' => emphasis(text, i, out),
             _ => None,
         };
@@ -323,6 +324,23 @@ fn slack_control(text: &str, i: usize, out: &mut String) -> Option<usize> {
     Some(end + 2)
 }
 
+/// A bare `http(s)://` URL, kept whole (Slack links it): no emphasis inside,
+/// trailing sentence punctuation left out.
+fn bare_url(text: &str, i: usize, out: &mut String) -> Option<usize> {
+    let rest = &text[i..];
+    let starts_word = !text[..i]
+        .chars()
+        .next_back()
+        .is_some_and(char::is_alphanumeric);
+    if !starts_word || !(rest.starts_with("http://") || rest.starts_with("https://")) {
+        return None;
+    }
+    let end = rest.find(char::is_whitespace).unwrap_or(rest.len());
+    let url = rest[..end].trim_end_matches(['.', ',', ';', ':', '!', '?', ')', '"', '\'']);
+    escape_into(url, out);
+    Some(url.len())
+}
+
 /// A run of `*`, `_` or `~` that opens emphasis closed later on the line.
 fn emphasis(text: &str, i: usize, out: &mut String) -> Option<usize> {
     let marker = text[i..].chars().next()?;
@@ -427,6 +445,11 @@ mod tests {
             ),
             ("[p](https://x.io/a|b)", "<https://x.io/a%7Cb|p>"),
             ("[not a link] (x)", "[not a link] (x)"),
+            (
+                "see https://x.io/_a_/b?x=1&y=2.",
+                "see https://x.io/_a_/b?x=1&amp;y=2.",
+            ),
+            ("(at https://x.io/*p*)", "(at https://x.io/*p*)"),
             ("<https://x.io>", "<https://x.io>"),
             (
                 "hi <@U123> in <#C9|general> <!here>",
