@@ -9,6 +9,7 @@ pub mod agent;
 pub mod app;
 pub mod config;
 pub mod domain;
+pub mod egress;
 pub mod http;
 pub mod ingress;
 pub mod pool;

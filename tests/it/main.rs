@@ -12,5 +12,7 @@ mod queue;
 mod queue_chaos;
 mod queue_process;
 mod queue_support;
+mod slack_api_stub;
+mod slack_client;
 mod slack_events;
 mod slack_support;
