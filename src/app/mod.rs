@@ -11,6 +11,9 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::config::Settings;
+use crate::egress::Egress;
+use crate::egress::slack::deliver::SlackDelivery;
+use crate::egress::slack::{DEFAULT_TIMEOUT, SlackApi};
 use crate::http::{GatewayState, admin_router, gateway_router};
 use crate::ingress::slack::{SignatureVerifier, SlackIntake, http::events_router};
 use crate::queue::{Queue, Reaper};
@@ -133,6 +136,9 @@ impl Application {
         tasks.spawn(Reaper::new(self.queue.clone()).run(shutdown.clone()));
         let slack_events = self.slack_events_router()?;
         self.start_pool(&tasks, &shutdown)?;
+        if self.role.runs_gateway() {
+            tasks.spawn(self.egress()?.run(shutdown.clone()));
+        }
         if let Some(listener) = self.gateway {
             let router = gateway_router(GatewayState {
                 redis: self.redis.clone(),
@@ -167,6 +173,32 @@ impl Application {
 }
 
 impl Application {
+    /// The outbox consumer, with Slack delivery when a bot token is set.
+    fn egress(&self) -> anyhow::Result<Egress> {
+        let slack = match &self.settings.secrets.slack_bot_token {
+            Some(token) => {
+                let api = SlackApi::new(&self.settings.slack.api_base_url, token, DEFAULT_TIMEOUT)
+                    .context("Slack Web API client")?;
+                Some(SlackDelivery::new(
+                    api,
+                    self.queue.clone(),
+                    self.settings.egress.clone(),
+                ))
+            }
+            None => {
+                tracing::warn!("SLACK_BOT_TOKEN is not set: replies to Slack cannot be sent");
+                None
+            }
+        };
+        let holder = format!("gateway-{}", pool::process_name());
+        Ok(Egress::new(
+            self.queue.clone(),
+            slack,
+            holder,
+            self.settings.redis.blocking_read,
+        ))
+    }
+
     /// `/slack/events`, when a signing secret is configured.
     fn slack_events_router(&self) -> anyhow::Result<Router> {
         let Some(secret) = &self.settings.secrets.slack_signing_secret else {

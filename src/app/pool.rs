@@ -79,6 +79,13 @@ impl Application {
 
 /// `<host>-<pid>`: unique per worker process, stable while it runs.
 fn worker_id() -> WorkerId {
+    // Only letters, digits, '-' and '.' remain, which WorkerId accepts; the
+    // fallback is for the impossible case anyway.
+    WorkerId::new(process_name()).unwrap_or_else(WorkerId::fallback)
+}
+
+/// `<host>-<pid>`, with only letters, digits, '-' and '.'.
+pub(super) fn process_name() -> String {
     let mut buf = [0u8; 256];
     // SAFETY: gethostname writes at most buf.len() bytes into buf.
     let ok = unsafe { libc::gethostname(buf.as_mut_ptr().cast(), buf.len()) } == 0;
@@ -95,10 +102,7 @@ fn worker_id() -> WorkerId {
     } else {
         host
     };
-    let id = format!("{host}-{}", std::process::id());
-    // Only letters, digits, '-' and '.' remain, which WorkerId accepts; the
-    // fallback is for the impossible case anyway.
-    WorkerId::new(id).unwrap_or_else(WorkerId::fallback)
+    format!("{host}-{}", std::process::id())
 }
 
 /// `/admin/pool`: every worker's slots, from Redis.

@@ -152,6 +152,16 @@ impl Settings {
         if self.egress.update_interval < std::time::Duration::from_millis(100) {
             return invalid("egress.update_interval", "must be at least 100ms");
         }
+        if self.egress.message_limit < 64 || self.egress.message_limit > 40_000 {
+            return invalid("egress.message_limit", "must be 64 to 40000 characters");
+        }
+        if self.egress.slack_calls_per_minute <= 0.0 || self.egress.slack_posts_per_second <= 0.0 {
+            return invalid("egress.slack_calls_per_minute", "rates must be positive");
+        }
+        if self.egress.slack_burst < 2.0 || self.egress.slack_post_burst < 2.0 {
+            // Sheddable calls (progress) need one token of headroom.
+            return invalid("egress.slack_burst", "bursts must be at least 2");
+        }
         if !is_loopback(self.admin.listen) && self.secrets.admin_token.is_none() {
             return invalid(
                 "admin.listen",

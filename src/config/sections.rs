@@ -210,12 +210,48 @@ pub struct EgressSettings {
     /// faster either.
     #[serde(with = "humantime_serde")]
     pub update_interval: Duration,
+    /// Reaction added to a Slack message as soon as it is queued, removed
+    /// when its reply is done. Empty: none.
+    pub ack_reaction: String,
+    /// Longest Slack message text; longer replies continue in new messages.
+    pub message_limit: usize,
+    /// Slack's per-method limit (chat.update, reactions.*,
+    /// conversations.replies), per workspace, shared by all gateways.
+    pub slack_calls_per_minute: f64,
+    /// Burst allowed above that rate.
+    pub slack_burst: f64,
+    /// chat.postMessage per second per channel.
+    pub slack_posts_per_second: f64,
+    /// Burst of posts per channel.
+    pub slack_post_burst: f64,
+    /// A reply older than this when it can finally be sent (after an
+    /// outage) is handled per `stale_replies`.
+    #[serde(with = "humantime_serde")]
+    pub max_reply_age: Duration,
+    /// "note": send it with a note that it is late; "drop": dead-letter it.
+    pub stale_replies: StaleReplies,
+}
+
+/// What happens to a reply that is too old when it can finally be sent.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum StaleReplies {
+    Note,
+    Drop,
 }
 
 impl Default for EgressSettings {
     fn default() -> Self {
         Self {
             update_interval: Duration::from_secs(1),
+            ack_reaction: "eyes".into(),
+            message_limit: 3500,
+            slack_calls_per_minute: 45.0,
+            slack_burst: 5.0,
+            slack_posts_per_second: 1.0,
+            slack_post_burst: 3.0,
+            max_reply_age: Duration::from_secs(3600),
+            stale_replies: StaleReplies::Note,
         }
     }
 }

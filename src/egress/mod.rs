@@ -2,4 +2,8 @@
 //! client, Markdown to mrkdwn, message splitting); the outbox consumer that
 //! drives it lives beside it.
 
+mod console;
+pub mod outbox;
 pub mod slack;
+
+pub use outbox::Egress;

@@ -104,6 +104,7 @@ pub fn parse_outbox_entry(
     fields: &HashMap<String, String>,
 ) -> Result<OutboxEntry, QueueError> {
     let kind = match field(fields, "kind") {
+        "ack" => OutboxKind::Ack,
         "progress" => OutboxKind::Progress,
         "final" => OutboxKind::Final,
         other => return Err(protocol("outbox", format!("entry {id} has kind {other:?}"))),
@@ -117,6 +118,7 @@ pub fn parse_outbox_entry(
         seq: field(fields, "seq").parse().unwrap_or(0),
         text: field(fields, "text").to_string(),
         error: fields.get("error").cloned(),
+        acks: serde_json::from_str(field(fields, "acks")).unwrap_or_default(),
         at_ms: field(fields, "at_ms").parse().unwrap_or(0),
         id,
     })

@@ -109,6 +109,22 @@ impl ShardKeys {
     pub fn outbox(&self) -> String {
         format!("{}:outbox", self.base)
     }
+    /// String with TTL: who leads `role` for this shard (e.g. egress).
+    pub fn lead(&self, role: &str) -> String {
+        format!("{}:lead:{}", self.base, role)
+    }
+    /// Hash: what egress has sent for a reply part (Slack ts, seq, pending).
+    pub fn reply_state(&self, reply_id: &str) -> String {
+        format!("{}:reply:{}", self.base, reply_id)
+    }
+    /// List: replies for a `switchboard chat` session.
+    pub fn console(&self, session: &str) -> String {
+        format!("{}:console:{}", self.base, session)
+    }
+    /// Hash: a shared token bucket.
+    pub fn bucket(&self, name: &str) -> String {
+        format!("{}:bucket:{}", self.base, name)
+    }
     /// Stream: dead letters with their reason.
     pub fn dead(&self) -> String {
         format!("{}:dead", self.base)

@@ -10,6 +10,7 @@
 mod admin;
 mod keys;
 mod lease;
+mod outbox;
 mod reaper;
 mod scripts;
 mod settings;
@@ -136,6 +137,11 @@ impl Queue {
                 "1"
             } else {
                 "0"
+            })
+            .arg(match destination {
+                // Slack users see a reaction on their message at once.
+                Destination::Slack { .. } => message.external_id.as_str(),
+                _ => "",
             }))
     }
 

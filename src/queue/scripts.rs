@@ -29,6 +29,8 @@ pub struct Scripts {
     pub reap_worker: Script,
     pub requeue_dead: Script,
     pub disown: Script,
+    pub lead: Script,
+    pub take_tokens: Script,
 }
 
 impl Scripts {
@@ -47,6 +49,8 @@ impl Scripts {
             reap_worker: script!("reap_worker.lua"),
             requeue_dead: script!("requeue_dead.lua"),
             disown: script!("disown.lua"),
+            lead: script!("lead.lua"),
+            take_tokens: script!("take_tokens.lua"),
         }
     }
 }

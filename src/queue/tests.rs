@@ -62,6 +62,8 @@ fn every_scripts_keys_fall_in_one_hash_slot() {
             ("reap_worker", k.reap_worker_keys()),
             ("requeue_dead", k.requeue_dead_keys(&cid)),
             ("disown", k.disown_keys(&cid)),
+            ("lead", vec![k.lead("egress")]),
+            ("take_tokens", vec![k.bucket("slack:T1:chat.update")]),
         ];
         for (script, list) in lists {
             let slots: std::collections::HashSet<u16> =

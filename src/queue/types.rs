@@ -166,13 +166,20 @@ pub struct OutboxEntry {
     pub text: String,
     /// Set on error replies (dead letters, overflow): the reason.
     pub error: Option<String>,
+    /// Source ids (Slack ts) of the messages this entry acknowledges (`Ack`)
+    /// or answers (`Final`: their acknowledgements can be removed).
+    pub acks: Vec<String>,
     pub at_ms: u64,
 }
 
-/// Progress (text so far) or the final text of a reply part.
+/// What an outbox entry asks egress to do.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum OutboxKind {
+    /// Show the user their message was received (a reaction).
+    Ack,
+    /// The reply's text so far.
     Progress,
+    /// The reply's final text.
     Final,
 }
 

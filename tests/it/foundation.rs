@@ -1,103 +1,13 @@
 //! The foundation: `serve` on its embedded Redis, config checks, Redis
 //! safety checks, probes and the admin listener.
 
-use std::io::{BufRead, BufReader};
-use std::net::SocketAddr;
-use std::process::{Child, Command, Stdio};
-use std::sync::mpsc;
-use std::time::{Duration, Instant};
+use std::process::Command;
+use std::time::Duration;
 
 use switchboard::app::Role;
 use switchboard::config::Settings;
 
 use crate::helpers::*;
-
-/// `switchboard serve` run as a child process, with its log lines read.
-struct ServeProcess {
-    child: Child,
-    lines: mpsc::Receiver<serde_json::Value>,
-    _dir: tempfile::TempDir,
-}
-
-impl ServeProcess {
-    fn start(args: &[&str], envs: &[(&str, &str)]) -> Self {
-        let dir = tempfile::tempdir().expect("tempdir");
-        let mut command = Command::new(switchboard_bin());
-        command
-            .args(args)
-            .current_dir(dir.path())
-            .env_remove("REDIS_URL")
-            .env_remove("SWITCHBOARD_CONFIG")
-            .env("SWITCHBOARD__GATEWAY__LISTEN", "127.0.0.1:0")
-            .env("SWITCHBOARD__ADMIN__LISTEN", "127.0.0.1:0")
-            .env("SWITCHBOARD__LOG__FORMAT", "json")
-            .envs(envs.iter().copied())
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped());
-        die_with_parent(&mut command);
-        let mut child = command.spawn().expect("spawn switchboard");
-        let stderr = child.stderr.take().expect("stderr");
-        let (tx, lines) = mpsc::channel();
-        std::thread::spawn(move || {
-            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-                let value = serde_json::from_str(&line)
-                    .unwrap_or_else(|_| serde_json::json!({ "raw": line }));
-                if tx.send(value).is_err() {
-                    break;
-                }
-            }
-        });
-        Self {
-            child,
-            lines,
-            _dir: dir,
-        }
-    }
-
-    /// Wait for the "listening" lines and return (gateway, admin).
-    fn addresses(&self) -> (SocketAddr, SocketAddr) {
-        let deadline = Instant::now() + Duration::from_secs(30);
-        let (mut gateway, mut admin) = (None, None);
-        while gateway.is_none() || admin.is_none() {
-            let left = deadline.saturating_duration_since(Instant::now());
-            let line = self
-                .lines
-                .recv_timeout(left)
-                .expect("serve logged its listeners");
-            if line["message"] == "listening" {
-                let addr = line["addr"].as_str().and_then(|a| a.parse().ok());
-                match line["listener"].as_str() {
-                    Some("gateway") => gateway = addr,
-                    Some("admin") => admin = addr,
-                    _ => {}
-                }
-            }
-        }
-        (gateway.expect("gateway"), admin.expect("admin"))
-    }
-
-    fn wait_exit(&mut self, timeout: Duration) -> std::process::ExitStatus {
-        let deadline = Instant::now() + timeout;
-        loop {
-            if let Some(status) = self.child.try_wait().expect("try_wait") {
-                return status;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "serve did not exit within {timeout:?}"
-            );
-            std::thread::sleep(Duration::from_millis(20));
-        }
-    }
-}
-
-impl Drop for ServeProcess {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
 
 async fn status(url: String) -> u16 {
     reqwest::get(url)

@@ -14,5 +14,7 @@ mod queue_process;
 mod queue_support;
 mod slack_api_stub;
 mod slack_client;
+mod slack_crash;
+mod slack_e2e;
 mod slack_events;
 mod slack_support;

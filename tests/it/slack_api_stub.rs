@@ -341,6 +341,11 @@ impl SlackStub {
         queue.extend(std::iter::repeat_n(failure, n));
     }
 
+    /// Forget the failures still queued for `method`.
+    pub fn clear_failures(&self, method: &str) {
+        self.lock().failures.remove(method);
+    }
+
     /// Every call naming `channel` answers `ok:false` with `error` (e.g.
     /// `channel_not_found`, `not_in_channel`) until cleared with `None`.
     pub fn fail_channel(&self, channel: &str, error: Option<&str>) {

@@ -4,6 +4,7 @@
 //! messages within Slack's limits ([`split_message`]).
 
 pub mod client;
+pub mod deliver;
 pub mod error;
 pub mod mrkdwn;
 pub mod split;

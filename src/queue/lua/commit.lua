@@ -9,11 +9,12 @@ local cid = ARGV[1]
 local now = now_ms()
 if not holds_lease(conv, leases, cid, ARGV[2], now) then return {'fenced'} end
 local batch_end = redis.call('HGET', conv, 'batch_end')
+local acks = batch_acks(inbox, batch_end)
 for i = 9, #ARGV do
   local part = i - 9
   redis.call('XADD', KEYS[9], '*', 'kind', 'final', 'cid', cid,
     'reply_id', cid .. '/' .. batch_end .. '/' .. part, 'part', part,
-    'seq', ARGV[8], 'text', ARGV[i], 'at_ms', now)
+    'seq', ARGV[8], 'text', ARGV[i], 'acks', acks, 'at_ms', now)
 end
 trim_batch(inbox, batch_end)
 redis.call('HINCRBY', conv, 'turns', 1)

@@ -1,7 +1,8 @@
 -- Enqueue one message, deduplicated, and schedule its conversation.
 -- KEYS: 1 conv, 2 inbox, 3 ready, 4 affine, 5 workers, 6 wake, 7 outbox, 8 dead, 9.. seen keys
 -- ARGV: 1 cid, 2 message json, 3 destination json, 4 inbox cap, 5 idle ttl ms,
---       6 dedupe ttl s, 7 overflow reply text, 8 existing only ('1': follow-ups)
+--       6 dedupe ttl s, 7 overflow reply text, 8 existing only ('1': follow-ups),
+--       9 source id to acknowledge ('' for none): egress shows the user it was seen
 -- Returns {'queued', id, position, owner} | {'duplicate'} | {'overflow'} | {'no_conversation'}
 local conv, inbox, outbox, dead = KEYS[1], KEYS[2], KEYS[7], KEYS[8]
 local cid = ARGV[1]
@@ -30,6 +31,10 @@ if len >= tonumber(ARGV[4]) then
   return {'overflow'}
 end
 local id = redis.call('XADD', inbox, '*', 'm', ARGV[2])
+if ARGV[9] ~= '' then
+  redis.call('XADD', outbox, '*', 'kind', 'ack', 'cid', cid, 'reply_id', cid .. '/ack/' .. id,
+    'part', 0, 'seq', 0, 'text', '', 'acks', cjson.encode({ARGV[9]}), 'at_ms', now)
+end
 redis.call('PEXPIRE', inbox, ARGV[5])
 local owner = ''
 if redis.call('HGET', conv, 'state') == 'idle' then

@@ -34,6 +34,20 @@ local function schedule(conv, ready, affine, workers, wake, cid, now)
   return ''
 end
 
+-- The source ids (Slack ts) of the batch's messages, as a JSON array: egress
+-- removes the acknowledgement reactions it added to them.
+local function batch_acks(inbox, batch_end)
+  local ids = {}
+  for _, e in ipairs(redis.call('XRANGE', inbox, '-', batch_end)) do
+    local ok, m = pcall(cjson.decode, e[2][2])
+    if ok and type(m) == 'table' and type(m['external_id']) == 'string' then
+      ids[#ids + 1] = m['external_id']
+    end
+  end
+  if #ids == 0 then return '[]' end
+  return cjson.encode(ids)
+end
+
 -- Inbox ids are "ms-seq"; the id right after `id`.
 local function next_id(id)
   local ms, seq = string.match(id, '^(%d+)-(%d+)$')
@@ -55,8 +69,8 @@ local function dead_letter_batch(conv, inbox, dead, outbox, cid, batch_end, reas
     'batch', batch_end, 'messages', '[' .. table.concat(msgs, ',') .. ']',
     'dest', redis.call('HGET', conv, 'dest') or '', 'at_ms', now)
   redis.call('XADD', outbox, '*', 'kind', 'final', 'cid', cid,
-    'reply_id', cid .. '/' .. batch_end .. '/0', 'part', 0, 'seq', 1000000000,
-    'error', reason, 'text', text, 'at_ms', now)
+    'reply_id', cid .. '/' .. batch_end .. '/0', 'part', 0, 'seq', '4611686018427387903',
+    'error', reason, 'text', text, 'acks', batch_acks(inbox, batch_end), 'at_ms', now)
   trim_batch(inbox, batch_end)
   redis.call('HDEL', conv, 'batch_end', 'batch_attempts', 'last_error')
 end

@@ -1,0 +1,304 @@
+//! The outbox consumer. For each shard, one gateway at a time holds the
+//! egress lease and reads the shard's outbox; a new leader first re-reads
+//! what its predecessor read but never acknowledged. Entries are handed to
+//! one task per conversation, so a reply's entries are applied in order
+//! while conversations go out in parallel. An entry is acknowledged only
+//! once it was delivered, knowingly skipped (superseded progress), or
+//! dead-lettered.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use crate::domain::{ConversationId, Destination};
+use crate::queue::{OutboxEntry, OutboxKind, Queue};
+
+use super::slack::deliver::{Delivered, SlackDelivery, SlackTarget};
+
+/// How long an egress lease lasts without renewal.
+const LEASE_TTL: Duration = Duration::from_secs(10);
+/// A conversation task with nothing to do for this long ends.
+const IDLE: Duration = Duration::from_secs(30);
+/// The longest wait between retries of one entry.
+const MAX_BACKOFF: Duration = Duration::from_secs(30);
+
+/// Delivers the outbox.
+#[derive(Clone)]
+pub struct Egress {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    queue: Queue,
+    slack: Option<SlackDelivery>,
+    /// This gateway's name for the egress lease.
+    holder: String,
+    block: Duration,
+}
+
+impl Egress {
+    pub fn new(
+        queue: Queue,
+        slack: Option<SlackDelivery>,
+        holder: String,
+        block: Duration,
+    ) -> Self {
+        Self {
+            inner: Arc::new(Inner {
+                queue,
+                slack,
+                holder,
+                block,
+            }),
+        }
+    }
+
+    /// Run until `shutdown`: lead what shards it can and deliver them.
+    pub async fn run(self, shutdown: CancellationToken) {
+        if let Err(e) = self.inner.queue.ensure_outbox_group().await {
+            tracing::error!(error = %e, "cannot create the outbox consumer group; egress retries");
+        }
+        let tasks = TaskTracker::new();
+        for shard in 0..self.inner.queue.keys().shards() {
+            tasks.spawn(self.clone().lead_shard(shard, shutdown.clone()));
+        }
+        tasks.close();
+        tasks.wait().await;
+    }
+
+    async fn lead_shard(self, shard: u16, shutdown: CancellationToken) {
+        let queue = &self.inner.queue;
+        while !shutdown.is_cancelled() {
+            match queue
+                .lead("egress", shard, &self.inner.holder, LEASE_TTL)
+                .await
+            {
+                Ok(true) => {
+                    tracing::info!(shard, "leading egress for this shard");
+                    self.consume(shard, &shutdown).await;
+                }
+                Ok(false) => {}
+                Err(e) => tracing::warn!(shard, error = %e, "egress lease check failed"),
+            }
+            tokio::select! {
+                _ = shutdown.cancelled() => return,
+                _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+            }
+        }
+    }
+
+    /// Read and dispatch while this gateway leads `shard`.
+    async fn consume(&self, shard: u16, shutdown: &CancellationToken) {
+        let queue = &self.inner.queue;
+        let mut router = Router::new(self.clone(), shard, shutdown.clone());
+        let mut pending = true;
+        let mut renewed = tokio::time::Instant::now();
+        loop {
+            if shutdown.is_cancelled() {
+                break;
+            }
+            if renewed.elapsed() >= LEASE_TTL / 3 {
+                match queue
+                    .lead("egress", shard, &self.inner.holder, LEASE_TTL)
+                    .await
+                {
+                    Ok(true) => renewed = tokio::time::Instant::now(),
+                    Ok(false) => {
+                        tracing::warn!(shard, "lost the egress lease");
+                        break;
+                    }
+                    Err(e) if renewed.elapsed() >= LEASE_TTL / 2 => {
+                        tracing::warn!(shard, error = %e, "cannot renew the egress lease; stepping down");
+                        break;
+                    }
+                    Err(_) => {}
+                }
+            }
+            let read = tokio::select! {
+                _ = shutdown.cancelled() => break,
+                read = queue.read_outbox(shard, 200, self.inner.block.min(LEASE_TTL / 4), pending) => read,
+            };
+            match read {
+                Ok(entries) if pending && entries.is_empty() => pending = false,
+                Ok(entries) => {
+                    for entry in entries {
+                        router.dispatch(entry);
+                    }
+                }
+                Err(e) => {
+                    tracing::warn!(shard, error = %e, "reading the outbox failed");
+                    if e.to_string().contains("NOGROUP") {
+                        // The stream was lost (Redis restarted empty): recreate.
+                        let _ = queue.ensure_outbox_group().await;
+                    }
+                    tokio::time::sleep(Duration::from_millis(500)).await;
+                }
+            }
+        }
+        router.close().await;
+    }
+
+    /// Deliver one entry; retries transient failures with backoff until it
+    /// is delivered, dead-lettered, or the gateway stops (then it stays
+    /// pending for the next leader).
+    async fn handle(&self, entry: &OutboxEntry, shutdown: &CancellationToken) -> bool {
+        let mut backoff = Duration::from_millis(200);
+        loop {
+            let delivered = self.deliver(entry).await;
+            match delivered {
+                Delivered::Done => return true,
+                Delivered::Dead(reason) => {
+                    metrics::counter!("switchboard_egress_dead_letters_total").increment(1);
+                    if let Err(e) = self.inner.queue.dead_letter_reply(entry, &reason).await {
+                        tracing::warn!(error = %e, "could not dead-letter a reply; retrying");
+                    } else {
+                        return true;
+                    }
+                }
+                Delivered::Retry(after) => {
+                    let wait = after.max(backoff);
+                    backoff = (backoff * 2).min(MAX_BACKOFF);
+                    tokio::select! {
+                        _ = shutdown.cancelled() => return false,
+                        _ = tokio::time::sleep(wait) => {}
+                    }
+                }
+            }
+        }
+    }
+
+    async fn deliver(&self, entry: &OutboxEntry) -> Delivered {
+        let destination = match self.inner.queue.destination(&entry.conversation).await {
+            Ok(Some(d)) => d,
+            Ok(None) => {
+                return Delivered::Dead("conversation record is gone; no destination".into());
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot read the destination");
+                return Delivered::Retry(Duration::from_secs(1));
+            }
+        };
+        match &destination {
+            Destination::Slack {
+                team,
+                channel,
+                thread_ts,
+            } => match &self.inner.slack {
+                Some(slack) => {
+                    let target = SlackTarget {
+                        team,
+                        channel,
+                        thread_ts: thread_ts.as_deref(),
+                    };
+                    slack.deliver(entry, target).await
+                }
+                None => Delivered::Dead("SLACK_BOT_TOKEN is not set: cannot reply on Slack".into()),
+            },
+            Destination::Console { session } => {
+                match super::console::deliver(&self.inner.queue, entry, session).await {
+                    Ok(()) => Delivered::Done,
+                    Err(_) => Delivered::Retry(Duration::from_secs(1)),
+                }
+            }
+            Destination::Email { .. } => Delivered::Dead("email replies are not configured".into()),
+        }
+    }
+}
+
+/// One task per conversation with entries in flight.
+struct Router {
+    egress: Egress,
+    shard: u16,
+    shutdown: CancellationToken,
+    lanes: HashMap<ConversationId, mpsc::UnboundedSender<OutboxEntry>>,
+    tasks: TaskTracker,
+}
+
+impl Router {
+    fn new(egress: Egress, shard: u16, shutdown: CancellationToken) -> Self {
+        Self {
+            egress,
+            shard,
+            shutdown,
+            lanes: HashMap::new(),
+            tasks: TaskTracker::new(),
+        }
+    }
+
+    fn dispatch(&mut self, entry: OutboxEntry) {
+        let cid = entry.conversation.clone();
+        let entry = match self.lanes.get(&cid) {
+            Some(lane) => match lane.send(entry) {
+                Ok(()) => return,
+                Err(mpsc::error::SendError(entry)) => entry,
+            },
+            None => entry,
+        };
+        let (tx, rx) = mpsc::unbounded_channel();
+        // A fresh lane: its receiver is alive, so this send cannot fail.
+        let _ = tx.send(entry);
+        self.lanes.insert(cid, tx);
+        self.lanes.retain(|_, lane| !lane.is_closed());
+        self.tasks.spawn(lane(
+            self.egress.clone(),
+            self.shard,
+            rx,
+            self.shutdown.clone(),
+        ));
+    }
+
+    async fn close(self) {
+        drop(self.lanes);
+        self.tasks.close();
+        self.tasks.wait().await;
+    }
+}
+
+/// Deliver one conversation's entries in order.
+async fn lane(
+    egress: Egress,
+    shard: u16,
+    mut rx: mpsc::UnboundedReceiver<OutboxEntry>,
+    shutdown: CancellationToken,
+) {
+    let queue = egress.inner.queue.clone();
+    loop {
+        let first = match tokio::time::timeout(IDLE, rx.recv()).await {
+            Ok(Some(entry)) => entry,
+            Ok(None) => return,
+            Err(_) => {
+                // Idle: close, but deliver what slipped in meanwhile.
+                rx.close();
+                match rx.recv().await {
+                    Some(entry) => entry,
+                    None => return,
+                }
+            }
+        };
+        let mut batch = vec![first];
+        while let Ok(entry) = rx.try_recv() {
+            batch.push(entry);
+        }
+        for (i, entry) in batch.iter().enumerate() {
+            let superseded = entry.kind == OutboxKind::Progress
+                && batch[i + 1..]
+                    .iter()
+                    .any(|later| later.reply_id == entry.reply_id);
+            let handled = superseded || egress.handle(entry, &shutdown).await;
+            if !handled {
+                // Stopping: the rest stay pending for the next leader.
+                return;
+            }
+            if let Err(e) = queue
+                .ack_outbox(shard, std::slice::from_ref(&entry.id))
+                .await
+            {
+                tracing::warn!(error = %e, "could not acknowledge an outbox entry; it may be delivered again (idempotent)");
+            }
+        }
+    }
+}

@@ -1,0 +1,153 @@
+//! Egress's side of the queue: reading and acknowledging the outbox, leader
+//! leases (one outbox consumer per shard), shared token buckets, and dead
+//! letters for replies that cannot be delivered.
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use super::admin::{OUTBOX_GROUP, parse_outbox_entry};
+use super::*;
+
+/// The consumer name in the outbox group. Only a shard's leader reads, so
+/// every leader uses the same name and inherits its predecessor's pending
+/// entries.
+const CONSUMER: &str = "leader";
+
+type RawEntries = Vec<(String, Vec<(String, HashMap<String, String>)>)>;
+
+impl Queue {
+    /// Take or keep the `role` lease of `shard` for `holder`.
+    pub async fn lead(
+        &self,
+        role: &str,
+        shard: u16,
+        holder: &str,
+        ttl: Duration,
+    ) -> Result<bool, QueueError> {
+        let k = self.keys().shard(shard);
+        let mut conn = self.conn().await?;
+        let led: i64 = ScriptCall::new(&self.scripts().lead, vec![k.lead(role)])
+            .arg(holder)
+            .arg(Self::ms(ttl))
+            .invoke(&mut conn)
+            .await?;
+        Ok(led == 1)
+    }
+
+    /// Read outbox entries of `shard`: this leader's pending ones (entries
+    /// read before but never acknowledged, e.g. by a leader that died) when
+    /// `pending`, else new ones, waiting up to `block`.
+    pub async fn read_outbox(
+        &self,
+        shard: u16,
+        count: usize,
+        block: Duration,
+        pending: bool,
+    ) -> Result<Vec<OutboxEntry>, QueueError> {
+        let k = self.keys().shard(shard);
+        let mut conn = self.conn().await?;
+        let mut cmd = redis::cmd("XREADGROUP");
+        cmd.arg("GROUP")
+            .arg(OUTBOX_GROUP)
+            .arg(CONSUMER)
+            .arg("COUNT")
+            .arg(count);
+        if !pending {
+            cmd.arg("BLOCK").arg(Self::ms(block));
+        }
+        cmd.arg("STREAMS")
+            .arg(k.outbox())
+            .arg(if pending { "0" } else { ">" });
+        let raw: Option<RawEntries> = cmd.query_async(&mut *conn).await?;
+        let mut out = Vec::new();
+        for (_, entries) in raw.unwrap_or_default() {
+            for (id, fields) in entries {
+                match parse_outbox_entry(shard, id.clone(), &fields) {
+                    Ok(entry) => out.push(entry),
+                    Err(e) => {
+                        // Not ours to deliver (bad entry): set it aside.
+                        tracing::error!(entry = %id, error = %e, "malformed outbox entry dead-lettered");
+                        self.ack_outbox(shard, &[id]).await?;
+                    }
+                }
+            }
+        }
+        Ok(out)
+    }
+
+    /// Acknowledge and remove delivered entries.
+    pub async fn ack_outbox(&self, shard: u16, ids: &[String]) -> Result<(), QueueError> {
+        if ids.is_empty() {
+            return Ok(());
+        }
+        let k = self.keys().shard(shard);
+        let mut conn = self.conn().await?;
+        redis::pipe()
+            .cmd("XACK")
+            .arg(k.outbox())
+            .arg(OUTBOX_GROUP)
+            .arg(ids)
+            .ignore()
+            .cmd("XDEL")
+            .arg(k.outbox())
+            .arg(ids)
+            .ignore()
+            .query_async::<()>(&mut *conn)
+            .await?;
+        Ok(())
+    }
+
+    /// A reply that cannot be delivered (e.g. the bot is not in the
+    /// channel): into the dead-letter stream with the reason.
+    pub async fn dead_letter_reply(
+        &self,
+        entry: &OutboxEntry,
+        reason: &str,
+    ) -> Result<(), QueueError> {
+        let k = self.keys().shard(entry.shard);
+        let mut conn = self.conn().await?;
+        redis::cmd("XADD")
+            .arg(k.dead())
+            .arg("*")
+            .arg(&[
+                ("cid", entry.conversation.as_str()),
+                ("reason", reason),
+                ("attempts", "0"),
+                ("batch", ""),
+                ("messages", "[]"),
+                ("reply_id", entry.reply_id.as_str()),
+                ("text", entry.text.as_str()),
+            ])
+            .query_async::<String>(&mut *conn)
+            .await?;
+        Ok(())
+    }
+
+    /// Take `tokens` from the shared bucket `name` (refilled at `rate` per
+    /// second up to `burst`), only if `reserve` more would remain. Returns
+    /// how long to wait when short.
+    pub async fn take_tokens(
+        &self,
+        name: &str,
+        rate: f64,
+        burst: f64,
+        tokens: f64,
+        reserve: f64,
+    ) -> Result<Option<Duration>, QueueError> {
+        let k = self.keys().shard(0);
+        let mut conn = self.conn().await?;
+        let wait: i64 = ScriptCall::new(&self.scripts().take_tokens, vec![k.bucket(name)])
+            .arg(rate)
+            .arg(burst)
+            .arg(tokens)
+            .arg(reserve)
+            .invoke(&mut conn)
+            .await?;
+        Ok((wait > 0).then(|| Duration::from_millis(wait as u64)))
+    }
+
+    /// A handle for plain commands on a shard's keys (egress reply state).
+    pub async fn connection(&self) -> Result<deadpool_redis::Connection, QueueError> {
+        self.conn().await
+    }
+}

@@ -1,0 +1,368 @@
+//! The Slack path end to end: a signed event in, the gateway and a worker
+//! with stand-in agents, real Redis, and a stand-in of Slack's Web API that
+//! records every call and fails on command.
+
+use std::time::Duration;
+
+use switchboard::app::Role;
+use switchboard::config::{Secret, Settings};
+
+use crate::helpers::*;
+use crate::pool_support::*;
+use crate::queue_support::*;
+use crate::slack_api_stub::*;
+use crate::slack_support::*;
+
+/// Everything a Slack end-to-end test runs.
+pub struct SlackWorld {
+    pub redis: TestRedis,
+    pub stub: SlackStub,
+    pub queue: switchboard::queue::Queue,
+    pub prefix: String,
+    pub app: TestApp,
+    pub worker: TestWorker,
+    _dir: tempfile::TempDir,
+}
+
+pub fn gateway_settings(redis: &TestRedis, stub: &SlackStub, prefix: &str) -> Settings {
+    let mut settings = test_settings(redis, "e2e");
+    settings.redis.key_prefix = prefix.to_string();
+    settings.queue = pool_queue_settings();
+    settings.slack.api_base_url = stub.base_url();
+    settings.slack.app_id = Some(APP.into());
+    settings.secrets.slack_signing_secret = Some(Secret::new(SIGNING_SECRET));
+    settings.secrets.slack_bot_token = Some(Secret::new(stub.token()));
+    settings.egress.update_interval = Duration::from_millis(300);
+    settings
+}
+
+impl SlackWorld {
+    pub async fn start(test: &str, tweak: impl FnOnce(&mut Settings)) -> Self {
+        Self::start_with_slots(test, 2, tweak).await
+    }
+
+    pub async fn start_with_slots(
+        test: &str,
+        slots: u32,
+        tweak: impl FnOnce(&mut Settings),
+    ) -> Self {
+        let redis = TestRedis::start();
+        let stub = SlackStub::start().await;
+        let (queue, prefix) = test_queue(&redis, test, pool_queue_settings());
+        let mut settings = gateway_settings(&redis, &stub, &prefix);
+        tweak(&mut settings);
+        let app = spawn_app(settings, Role::Gateway).await;
+        let dir = tempfile::tempdir().expect("tempdir");
+        let worker =
+            TestWorker::start(&queue, test, pool(slots, 1), agent_settings(dir.path())).await;
+        fresh_pids(&queue, &worker.id, slots as usize).await;
+        Self {
+            redis,
+            stub,
+            queue,
+            prefix,
+            app,
+            worker,
+            _dir: dir,
+        }
+    }
+
+    /// A user writes `text` in `channel`, mentioning the bot. Returns the ts.
+    pub async fn mention(&self, channel: &str, text: &str) -> String {
+        let ts = self
+            .stub
+            .add_user_message(channel, None, &format!("<@{BOT}> {text}"));
+        let body = callback(
+            &format!("Ev{channel}{ts}"),
+            app_mention(channel, &ts, None, text),
+        );
+        assert_eq!(
+            post_event(
+                &self.app.http,
+                &self.app.gateway_url("/slack/events"),
+                &body
+            )
+            .await,
+            200
+        );
+        ts
+    }
+
+    /// Bot messages in the thread rooted at `ts`.
+    pub fn replies(&self, channel: &str, ts: &str) -> Vec<StubMessage> {
+        self.stub
+            .messages_in(channel, Some(ts))
+            .into_iter()
+            .filter(|m| m.ts != ts && m.bot_id.is_some() || m.reply_id().is_some())
+            .collect()
+    }
+
+    /// Wait until everything queued has gone out: outbox empty, no turn running.
+    pub async fn settle(&self) {
+        wait_until(Duration::from_secs(60), "the outbox to drain", || {
+            let queue = self.queue.clone();
+            let mut conn = self.redis.client();
+            let prefix = self.prefix.clone();
+            async move {
+                let pending: i64 = redis::cmd("XLEN")
+                    .arg(format!("{prefix}:{{s0}}:outbox"))
+                    .query(&mut conn)
+                    .unwrap_or(1);
+                let ready: i64 = redis::cmd("ZCARD")
+                    .arg(format!("{prefix}:{{s0}}:leases"))
+                    .query(&mut conn)
+                    .unwrap_or(1);
+                let waiting: i64 = redis::cmd("ZCARD")
+                    .arg(format!("{prefix}:{{s0}}:ready"))
+                    .query(&mut conn)
+                    .unwrap_or(1);
+                let _ = &queue;
+                (pending == 0 && ready == 0 && waiting == 0).then_some(())
+            }
+        })
+        .await;
+    }
+
+    pub async fn stop(self) {
+        self.worker.shutdown().await;
+        self.app.stop().await;
+    }
+}
+
+/// Wait for the thread's reply to hold its final text (the stand-in's last line).
+async fn final_reply(world: &SlackWorld, channel: &str, ts: &str) -> StubMessage {
+    wait_until(Duration::from_secs(60), "the final reply", || {
+        let replies = world.replies(channel, ts);
+        async move {
+            replies
+                .into_iter()
+                .find(|m| m.text.contains("turn 1 of session"))
+        }
+    })
+    .await
+}
+
+#[tokio::test]
+async fn a_signed_mention_gets_exactly_one_reply_in_its_thread_and_the_acknowledgement_comes_and_goes()
+ {
+    let world = SlackWorld::start("e2e-one", |_| {}).await;
+    let ts = world.mention("C0GENERAL", "hello there").await;
+    let reply = final_reply(&world, "C0GENERAL", &ts).await;
+    world.settle().await;
+    assert!(
+        reply.text.contains("reply to: UALICE: hello there"),
+        "{}",
+        reply.text
+    );
+    assert_eq!(
+        reply.thread_ts.as_deref(),
+        Some(ts.as_str()),
+        "in the mention's thread"
+    );
+    assert_eq!(
+        world.replies("C0GENERAL", &ts).len(),
+        1,
+        "exactly one reply message"
+    );
+    let adds = world.stub.calls_to("reactions.add");
+    assert!(
+        adds.iter()
+            .any(|c| c.param("name") == Some("eyes") && c.param("timestamp") == Some(ts.as_str())),
+        "{adds:?}"
+    );
+    let removes = world.stub.calls_to("reactions.remove");
+    assert!(
+        removes
+            .iter()
+            .any(|c| c.param("timestamp") == Some(ts.as_str())),
+        "{removes:?}"
+    );
+    assert!(
+        world.stub.reactions_on("C0GENERAL", &ts).is_empty(),
+        "the acknowledgement is gone"
+    );
+    world.stop().await;
+}
+
+#[tokio::test]
+async fn a_long_streamed_reply_is_one_message_updated_at_most_once_per_interval() {
+    let world = SlackWorld::start("e2e-stream", |_| {}).await;
+    let ts = world
+        .mention("C0STREAM", "[[delay:2500]] tell me a story")
+        .await;
+    let reply = final_reply(&world, "C0STREAM", &ts).await;
+    world.settle().await;
+    assert_eq!(world.replies("C0STREAM", &ts).len(), 1);
+    let msg = &world.replies("C0STREAM", &ts)[0];
+    assert!(
+        msg.history.len() >= 3,
+        "posted early, then updated as it streamed: {:?}",
+        msg.history
+    );
+    assert!(
+        reply.text.contains("tell me a story"),
+        "finished with the full text"
+    );
+    let updates: Vec<_> = world
+        .stub
+        .calls_to("chat.update")
+        .into_iter()
+        .filter(|c| c.param("ts") == Some(msg.ts.as_str()))
+        .collect();
+    for pair in updates.windows(2) {
+        let gap = pair[1].at.duration_since(pair[0].at);
+        // The interval is 300 ms; allow scheduling jitter below it.
+        assert!(gap >= Duration::from_millis(200), "updates {gap:?} apart");
+    }
+    world.stop().await;
+}
+
+#[tokio::test]
+async fn a_reply_longer_than_one_message_is_split_at_boundaries_with_nothing_lost() {
+    let world = SlackWorld::start("e2e-split", |s| s.egress.message_limit = 400).await;
+    let paragraphs: Vec<String> = (0..8)
+        .map(|i| format!("Paragraph {i}: {}", "words and more words ".repeat(8)))
+        .collect();
+    let code = format!(
+        "```\n{}```",
+        (0..10)
+            .map(|i| format!("let line_{i} = {i};\n"))
+            .collect::<String>()
+    );
+    let text = format!(
+        "{}\n\n{code}\n\n{}",
+        paragraphs[..4].join("\n\n"),
+        paragraphs[4..].join("\n\n")
+    );
+    let ts = world.mention("C0SPLIT", &text).await;
+    wait_until(Duration::from_secs(60), "the last part", || {
+        let replies = world.replies("C0SPLIT", &ts);
+        async move {
+            replies
+                .iter()
+                .any(|m| m.text.contains("turn 1 of session"))
+                .then_some(())
+        }
+    })
+    .await;
+    world.settle().await;
+    let replies = world.replies("C0SPLIT", &ts);
+    assert!(
+        replies.len() >= 3,
+        "split into several messages: {}",
+        replies.len()
+    );
+    for m in &replies {
+        assert!(m.text.chars().count() <= 400, "within the limit");
+        assert_eq!(
+            m.text.matches("```").count() % 2,
+            0,
+            "no code block cut in half: {}",
+            m.text
+        );
+    }
+    let all: String = replies
+        .iter()
+        .map(|m| m.text.as_str())
+        .collect::<Vec<_>>()
+        .join("\n");
+    for p in &paragraphs {
+        assert!(all.contains(p.trim()), "nothing lost: {p}");
+    }
+    for i in 0..10 {
+        assert!(
+            all.contains(&format!("let line_{i} = {i};")),
+            "code line {i} kept"
+        );
+    }
+    world.stop().await;
+}
+
+#[tokio::test]
+async fn slack_answering_429_three_times_still_gives_exactly_one_reply() {
+    let world = SlackWorld::start("e2e-429", |_| {}).await;
+    world.stub.fail_next(
+        "chat.postMessage",
+        3,
+        Failure::RateLimited {
+            retry_after_secs: 1,
+        },
+    );
+    let ts = world.mention("C0LIMITED", "are you throttled?").await;
+    final_reply(&world, "C0LIMITED", &ts).await;
+    world.settle().await;
+    assert_eq!(world.replies("C0LIMITED", &ts).len(), 1);
+    let posts = world.stub.calls_to("chat.postMessage");
+    assert!(
+        posts.iter().filter(|c| c.status == 429).count() >= 3,
+        "{posts:?}"
+    );
+    world.stop().await;
+}
+
+#[tokio::test]
+async fn not_in_channel_dead_letters_the_reply_without_retries() {
+    let world = SlackWorld::start("e2e-notin", |_| {}).await;
+    world.stub.fail_channel("C0NOTIN", Some("not_in_channel"));
+    let ts = world.mention("C0NOTIN", "hello?").await;
+    wait_until(Duration::from_secs(60), "the dead letter", || {
+        let queue = world.queue.clone();
+        async move {
+            let dead = queue.dead_letters(10).await.expect("dead");
+            dead.into_iter()
+                .find(|d| d.reason.contains("not_in_channel"))
+        }
+    })
+    .await;
+    world.settle().await;
+    assert!(world.replies("C0NOTIN", &ts).is_empty());
+    let posts = world.stub.calls_to("chat.postMessage");
+    assert!(posts.len() <= 2, "no retry storm: {} posts", posts.len());
+    world.stop().await;
+}
+
+#[tokio::test]
+async fn fifty_conversations_streaming_at_once_stay_within_slacks_limits_and_all_finish() {
+    let world = SlackWorld::start_with_slots("e2e-fifty", 6, |s| {
+        // Limits scaled up so the test takes seconds, not minutes; the
+        // stand-in enforces slightly more than egress is allowed to use.
+        s.egress.slack_calls_per_minute = 280.0;
+        s.egress.slack_burst = 5.0;
+    })
+    .await;
+    world.stub.set_rate_limits(Some(RateLimits::tier3(Limit {
+        burst: 6,
+        per_minute: 300.0,
+    })));
+    let mut threads = Vec::new();
+    for i in 0..50 {
+        let channel = format!("C0MANY{}", i % 10);
+        let ts = world
+            .mention(&channel, &format!("[[delay:600]] question {i}"))
+            .await;
+        threads.push((channel, ts, i));
+    }
+    for (channel, ts, i) in &threads {
+        let reply = final_reply(&world, channel, ts).await;
+        assert!(
+            reply.text.contains(&format!("question {i}")),
+            "{}",
+            reply.text
+        );
+    }
+    world.settle().await;
+    for (channel, ts, _) in &threads {
+        assert_eq!(
+            world.replies(channel, ts).len(),
+            1,
+            "one reply in {channel}/{ts}"
+        );
+    }
+    assert_eq!(
+        world.stub.violations(),
+        0,
+        "over the limit: {:?}",
+        world.stub.violations_by_method()
+    );
+    world.stop().await;
+}
