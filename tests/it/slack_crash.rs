@@ -12,7 +12,6 @@ use crate::slack_support::*;
 struct Crashy {
     redis: TestRedis,
     stub: SlackStub,
-    queue: switchboard::queue::Queue,
     prefix: String,
     worker: TestWorker,
     _dir: tempfile::TempDir,
