@@ -28,7 +28,6 @@ impl Crashy {
         Self {
             redis,
             stub,
-            queue,
             prefix,
             worker,
             _dir: dir,
