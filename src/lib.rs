@@ -8,6 +8,7 @@
 pub mod agent;
 pub mod app;
 pub mod config;
+pub mod console;
 pub mod domain;
 pub mod egress;
 pub mod http;

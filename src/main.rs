@@ -28,6 +28,12 @@ enum Command {
     Worker,
     /// Validate the config and print it, secrets redacted.
     CheckConfig,
+    /// Talk to the pool from this terminal (through a running gateway).
+    Chat {
+        /// Conversation name; the same name continues a conversation.
+        #[arg(long)]
+        session: Option<String>,
+    },
 }
 
 fn main() -> ExitCode {
@@ -47,6 +53,7 @@ fn main() -> ExitCode {
         Command::Serve => Role::Serve,
         Command::Gateway => Role::Gateway,
         Command::Worker => Role::Worker,
+        Command::Chat { session } => return chat(settings, session),
     };
     switchboard::telemetry::init_logging(&settings.log);
     let runtime = match tokio::runtime::Runtime::new() {
@@ -62,6 +69,33 @@ fn main() -> ExitCode {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             tracing::error!("{e:#}");
+            eprintln!("switchboard: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn chat(settings: Settings, session: Option<String>) -> ExitCode {
+    let session = session.unwrap_or_else(|| format!("chat-{}", std::process::id()));
+    let runtime = match tokio::runtime::Runtime::new() {
+        Ok(runtime) => runtime,
+        Err(e) => {
+            eprintln!("switchboard: cannot start the async runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let result = runtime.block_on(async {
+        let queue = switchboard::app::connect_queue(&settings).await?;
+        eprintln!("chatting as session {session:?}; Ctrl-D to leave");
+        let input = tokio::io::BufReader::new(tokio::io::stdin());
+        let mut output = tokio::io::stdout();
+        let timeout = settings.agent.turn_timeout + std::time::Duration::from_secs(30);
+        switchboard::console::chat(&queue, &session, input, &mut output, timeout).await?;
+        anyhow::Ok(())
+    });
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
             eprintln!("switchboard: {e:#}");
             ExitCode::FAILURE
         }

@@ -211,6 +211,31 @@ impl Application {
     }
 }
 
+/// A queue handle for a client command (`chat`): `REDIS_URL`, or the
+/// embedded Redis of a `serve` running in this directory.
+pub async fn connect_queue(settings: &Settings) -> anyhow::Result<Queue> {
+    let url = match &settings.secrets.redis_url {
+        Some(url) => url.clone(),
+        None => {
+            let socket = settings.redis.data_dir.join("redis.sock");
+            if !socket.exists() {
+                anyhow::bail!(
+                    "REDIS_URL is not set and no `switchboard serve` runs here ({} is missing)",
+                    socket.display()
+                );
+            }
+            crate::config::Secret::new(format!("unix://{}", socket.display()))
+        }
+    };
+    let pool = store::connect(&url, &settings.redis)?;
+    store::ping(&pool).await.context("Redis")?;
+    Ok(Queue::new(
+        pool,
+        &settings.redis.key_prefix,
+        settings.queue.clone(),
+    ))
+}
+
 async fn bind(addr: SocketAddr, field: &str) -> anyhow::Result<TcpListener> {
     TcpListener::bind(addr)
         .await

@@ -3,6 +3,7 @@
 mod agent;
 mod anthropic_stub;
 mod claude_cli;
+mod console;
 mod foundation;
 mod helpers;
 mod pool;
