@@ -134,11 +134,14 @@ impl Application {
     pub async fn run_until_stopped(self, shutdown: CancellationToken) -> anyhow::Result<()> {
         let tasks = TaskTracker::new();
         tasks.spawn(Reaper::new(self.queue.clone()).run(shutdown.clone()));
-        let slack_events = self.slack_events_router()?;
         self.start_pool(&tasks, &shutdown)?;
         if self.role.runs_gateway() {
             tasks.spawn(self.egress()?.run(shutdown.clone()));
         }
+        let slack_events = match self.gateway.is_some() {
+            true => self.slack_events_router()?,
+            false => Router::new(),
+        };
         if let Some(listener) = self.gateway {
             let router = gateway_router(GatewayState {
                 redis: self.redis.clone(),
@@ -217,7 +220,8 @@ pub async fn connect_queue(settings: &Settings) -> anyhow::Result<Queue> {
     let url = match &settings.secrets.redis_url {
         Some(url) => url.clone(),
         None => {
-            let socket = settings.redis.data_dir.join("redis.sock");
+            let socket = std::path::absolute(settings.redis.data_dir.join("redis.sock"))
+                .context("locating the embedded Redis socket")?;
             if !socket.exists() {
                 anyhow::bail!(
                     "REDIS_URL is not set and no `switchboard serve` runs here ({} is missing)",

@@ -18,6 +18,9 @@ pub struct EmbeddedRedis {
     child: Child,
     url: Secret,
     log_path: PathBuf,
+    /// Held while it runs: a second `serve` on the same data directory
+    /// would otherwise take over (and later delete) this one's socket.
+    _lock: std::fs::File,
 }
 
 /// Why the embedded redis-server could not start.
@@ -44,6 +47,11 @@ pub enum EmbeddedError {
         log: PathBuf,
         tail: String,
     },
+    #[error(
+        "another `switchboard serve` already runs its Redis in {0}; stop it, or give this one \
+         another redis.data_dir"
+    )]
+    InUse(PathBuf),
     #[error("redis-server did not answer on {socket} within {timeout:?}")]
     NotReady { socket: PathBuf, timeout: Duration },
 }
@@ -57,6 +65,7 @@ impl EmbeddedRedis {
             path: settings.data_dir.clone(),
             source,
         })?;
+        let lock = lock_dir(&dir)?;
         let socket = dir.join("redis.sock");
         let log_path = dir.join("redis.log");
         let mut command = Command::new(&settings.server_binary);
@@ -96,6 +105,7 @@ impl EmbeddedRedis {
             child,
             url,
             log_path,
+            _lock: lock,
         };
         redis.wait_ready(&socket).await?;
         tracing::info!(socket = %socket.display(), "embedded redis-server started");
@@ -153,6 +163,24 @@ async fn ping(url: &Secret) -> bool {
         .query_async::<String>(&mut conn)
         .await
         .is_ok()
+}
+
+/// Take an exclusive lock on `dir/lock` for as long as the file is open.
+fn lock_dir(dir: &Path) -> Result<std::fs::File, EmbeddedError> {
+    use std::os::fd::AsRawFd;
+    let path = dir.join("lock");
+    let file = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&path)
+        .map_err(|source| EmbeddedError::DataDir { path, source })?;
+    // SAFETY: flock on a file descriptor we own; no memory is involved.
+    let locked = unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } == 0;
+    if !locked {
+        return Err(EmbeddedError::InUse(dir.to_path_buf()));
+    }
+    Ok(file)
 }
 
 fn absolute(dir: &Path) -> std::io::Result<PathBuf> {

@@ -225,3 +225,26 @@ async fn admin_listener_requires_the_bearer_token_when_one_is_set() {
     assert_eq!(authorized.status().as_u16(), 200);
     app.stop().await;
 }
+
+#[tokio::test]
+async fn a_second_serve_on_the_same_data_directory_is_refused() {
+    let first = ServeProcess::start(&["serve"], &[]);
+    first.addresses();
+    let out = Command::new(switchboard_bin())
+        .arg("serve")
+        .current_dir(first._dir.path())
+        .env_remove("REDIS_URL")
+        .env("SWITCHBOARD__GATEWAY__LISTEN", "127.0.0.1:0")
+        .env("SWITCHBOARD__ADMIN__LISTEN", "127.0.0.1:0")
+        .output()
+        .expect("run a second serve");
+    assert!(!out.status.success());
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("already runs its Redis"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    // The first one is unharmed.
+    let socket = first._dir.path().join("switchboard-data/redis/redis.sock");
+    assert!(socket.exists());
+}
