@@ -366,3 +366,77 @@ async fn fifty_conversations_streaming_at_once_stay_within_slacks_limits_and_all
     );
     world.stop().await;
 }
+
+#[tokio::test]
+async fn a_reply_too_old_when_it_can_be_sent_goes_out_with_a_note() {
+    let world = SlackWorld::start("e2e-stale-note", |s| {
+        s.egress.max_reply_age = Duration::from_millis(1)
+    })
+    .await;
+    let ts = world.mention("C0LATE", "are you late?").await;
+    let reply = final_reply(&world, "C0LATE", &ts).await;
+    world.settle().await;
+    assert!(reply.text.contains("Sorry for the delay"), "{}", reply.text);
+    assert!(reply.text.contains("are you late?"), "{}", reply.text);
+    world.stop().await;
+}
+
+#[tokio::test]
+async fn a_reply_too_old_is_dead_lettered_when_so_configured() {
+    let world = SlackWorld::start("e2e-stale-drop", |s| {
+        s.egress.max_reply_age = Duration::from_millis(1);
+        s.egress.stale_replies = switchboard::config::StaleReplies::Drop;
+    })
+    .await;
+    let ts = world.mention("C0DROP", "[[delay:300]] too late").await;
+    wait_until(Duration::from_secs(60), "the dead letter", || {
+        let queue = world.queue.clone();
+        async move {
+            let dead = queue.dead_letters(10).await.expect("dead");
+            dead.into_iter().find(|d| d.reason.contains("too old"))
+        }
+    })
+    .await;
+    world.settle().await;
+    assert!(
+        world
+            .replies("C0DROP", &ts)
+            .iter()
+            .all(|m| !m.text.contains("turn 1 of session")),
+        "the stale final text was not sent"
+    );
+    world.stop().await;
+}
+
+#[tokio::test]
+async fn admin_pool_lists_workers_and_their_slots() {
+    let world = SlackWorld::start("e2e-admin-pool", |_| {}).await;
+    let body: serde_json::Value = world
+        .app
+        .http
+        .get(world.app.admin_url("/admin/pool"))
+        .send()
+        .await
+        .expect("get")
+        .json()
+        .await
+        .expect("json");
+    let workers = body["workers"].as_array().cloned().unwrap_or_default();
+    let ours = workers
+        .iter()
+        .find(|w| w["worker"] == world.worker.id.as_str())
+        .unwrap_or_else(|| panic!("our worker listed: {body}"));
+    assert_eq!(ours["live"], true);
+    let slots = ours["status"]["slots"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default();
+    assert_eq!(slots.len(), 2);
+    assert!(
+        slots
+            .iter()
+            .all(|s| s["pid"].as_u64().is_some() && s["state"] == "fresh"),
+        "{slots:?}"
+    );
+    world.stop().await;
+}

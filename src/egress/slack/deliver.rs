@@ -142,6 +142,8 @@ impl SlackDelivery {
         }
         let text = match self.stale_text(entry) {
             Ok(text) => text,
+            // Stale progress is not replayed; the final text decides.
+            Err(_) if !is_final => return Ok(Delivered::Done),
             Err(reason) => return Ok(Delivered::Dead(reason)),
         };
         let priority = if is_final {
@@ -302,8 +304,11 @@ impl SlackDelivery {
             .map(|d| d.as_millis() as u64)
             .unwrap_or(0);
         let age = Duration::from_millis(now.saturating_sub(entry.at_ms));
-        if entry.kind != OutboxKind::Final || age <= self.settings.max_reply_age {
+        if age <= self.settings.max_reply_age {
             return Ok(entry.text.clone());
+        }
+        if entry.kind != OutboxKind::Final {
+            return Err("progress too old".into());
         }
         match self.settings.stale_replies {
             StaleReplies::Drop => Err(format!("reply too old to send ({}s)", age.as_secs())),
