@@ -95,7 +95,9 @@ impl Egress {
     async fn consume(&self, shard: u16, shutdown: &CancellationToken) {
         let queue = &self.inner.queue;
         let mut router = Router::new(self.clone(), shard, shutdown.clone());
-        let mut pending = true;
+        // First what a previous leader read but never acknowledged, page by
+        // page, then new entries.
+        let mut pending: Option<String> = Some("0".into());
         let mut renewed = tokio::time::Instant::now();
         loop {
             if shutdown.is_cancelled() {
@@ -120,11 +122,14 @@ impl Egress {
             }
             let read = tokio::select! {
                 _ = shutdown.cancelled() => break,
-                read = queue.read_outbox(shard, 200, self.inner.block.min(LEASE_TTL / 4), pending) => read,
+                read = queue.read_outbox(shard, 200, self.inner.block.min(LEASE_TTL / 4), pending.as_deref()) => read,
             };
             match read {
-                Ok(entries) if pending && entries.is_empty() => pending = false,
+                Ok(entries) if pending.is_some() && entries.is_empty() => pending = None,
                 Ok(entries) => {
+                    if pending.is_some() {
+                        pending = entries.last().map(|e| e.id.clone());
+                    }
                     for entry in entries {
                         router.dispatch(entry);
                     }

@@ -34,16 +34,18 @@ impl Queue {
         Ok(led == 1)
     }
 
-    /// Read outbox entries of `shard`: this leader's pending ones (entries
-    /// read before but never acknowledged, e.g. by a leader that died) when
-    /// `pending`, else new ones, waiting up to `block`.
+    /// Read outbox entries of `shard`: with `pending_after = Some(id)`, the
+    /// leader's pending entries (read before but never acknowledged, e.g. by
+    /// a leader that died) after `id` (start with "0"); with `None`, new
+    /// entries, waiting up to `block`.
     pub async fn read_outbox(
         &self,
         shard: u16,
         count: usize,
         block: Duration,
-        pending: bool,
+        pending_after: Option<&str>,
     ) -> Result<Vec<OutboxEntry>, QueueError> {
+        let pending = pending_after.is_some();
         let k = self.keys().shard(shard);
         let mut conn = self.conn().await?;
         let mut cmd = redis::cmd("XREADGROUP");
@@ -57,7 +59,7 @@ impl Queue {
         }
         cmd.arg("STREAMS")
             .arg(k.outbox())
-            .arg(if pending { "0" } else { ">" });
+            .arg(pending_after.unwrap_or(">"));
         let raw: Option<RawEntries> = cmd.query_async(&mut *conn).await?;
         let mut out = Vec::new();
         for (_, entries) in raw.unwrap_or_default() {
