@@ -83,10 +83,14 @@ async fn an_envelope_is_queued_once_and_acknowledged_after_the_enqueue() {
     assert_eq!(events.expect("post").status().as_u16(), 404);
     assert_eq!(app.get_status(&app.gateway_url("/readyz")).await, 200);
     app.stop().await;
-    wait_until(Duration::from_secs(5), "the socket closed on shutdown", || {
-        let closed = stub.closed_at(live[0]);
-        async move { closed }
-    })
+    wait_until(
+        Duration::from_secs(5),
+        "the socket closed on shutdown",
+        || {
+            let closed = stub.closed_at(live[0]);
+            async move { closed }
+        },
+    )
     .await;
 }
 

@@ -291,6 +291,7 @@ async fn connection(
     inner: Arc<Mutex<Inner>>,
     shutdown: CancellationToken,
 ) {
+    #[allow(clippy::result_large_err)] // the signature tungstenite's handshake callback takes
     let check = |request: &Request, response: Response| -> Result<Response, ErrorResponse> {
         let ticket = request
             .uri()

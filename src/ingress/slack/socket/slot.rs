@@ -26,9 +26,8 @@ const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 pub(super) enum ConnectError {
     #[error("apps.connections.open: {0}")]
     Open(#[from] SlackError),
-    // tungstenite's errors name the failure, never the URL (and its ticket).
     #[error("websocket handshake: {0}")]
-    Handshake(#[from] tungstenite::Error),
+    Handshake(String),
     #[error("websocket handshake took longer than {0:?}")]
     Timeout(Duration),
 }
@@ -44,8 +43,19 @@ impl Opener {
         let handshake = tokio_tungstenite::connect_async(url.expose());
         let (socket, _response) = tokio::time::timeout(HANDSHAKE_TIMEOUT, handshake)
             .await
-            .map_err(|_| ConnectError::Timeout(HANDSHAKE_TIMEOUT))??;
+            .map_err(|_| ConnectError::Timeout(HANDSHAKE_TIMEOUT))?
+            .map_err(|e| ConnectError::Handshake(describe(&e)))?;
         Ok(socket)
+    }
+}
+
+/// A handshake error without the URL: its ticket is a secret.
+fn describe(error: &tungstenite::Error) -> String {
+    match error {
+        tungstenite::Error::Url(tungstenite::error::UrlError::UnableToConnect(_)) => {
+            "unable to connect to the Socket Mode URL".into()
+        }
+        other => other.to_string(),
     }
 }
 
@@ -235,6 +245,14 @@ mod tests {
         }
         let spread: std::collections::HashSet<_> = (0..20).map(|_| backoff(5)).collect();
         assert!(spread.len() > 1, "backoff is jittered");
+    }
+
+    #[test]
+    fn handshake_errors_never_show_the_ticket() {
+        let error = tungstenite::Error::Url(tungstenite::error::UrlError::UnableToConnect(
+            "wss://wss.slack.com/link/?ticket=s3cret".into(),
+        ));
+        assert!(!describe(&error).contains("s3cret"));
     }
 
     #[test]
