@@ -190,6 +190,37 @@ async fn a_refresh_opens_the_new_socket_first_and_loses_no_envelope() {
 }
 
 #[tokio::test]
+async fn a_socket_closed_by_slack_is_reopened_after_a_short_backoff() {
+    let redis = TestRedis::start();
+    let stub = SocketStub::start().await;
+    let settings = socket_settings(&redis, &stub, "socket-closed", 1);
+    let prefix = settings.redis.key_prefix.clone();
+    let app = spawn_app(settings, Role::Gateway).await;
+    let old = stub.wait_live(1).await[0];
+    // Younger than the silence timeout, it counts as a failure: the first
+    // backoff step (0.25 to 0.5 s) comes before the new connection.
+    let closed = Instant::now();
+    stub.close(old);
+    let new = stub.wait_new_live(&[old], Duration::from_secs(5)).await;
+    eprintln!(
+        "closed: reopened {:?} after Slack closed the socket",
+        stub.hello_at(new) - closed
+    );
+    stub.send_envelope(new, "env-8", &mention("EvS8", "1700000000.100800"), 0);
+    stub.wait_acked("env-8", 1).await;
+    assert_eq!(queued(&redis, &prefix).len(), 1);
+    assert!(
+        metric(
+            &app,
+            "switchboard_ingress_slack_socket_reconnects_total{reason=\"closed\"}"
+        )
+        .await
+            >= 1.0
+    );
+    app.stop().await;
+}
+
+#[tokio::test]
 async fn a_silent_socket_is_detected_and_replaced_within_the_silence_timeout() {
     let redis = TestRedis::start();
     let stub = SocketStub::start().await;

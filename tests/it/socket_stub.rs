@@ -2,8 +2,8 @@
 //! `POST /api/apps.connections.open` with `Authorization: Bearer xapp-...`
 //! answers `{"ok":true,"url":"ws://127.0.0.1:PORT/link/?ticket=..."}`; the
 //! websocket (one use per ticket) sends `hello`, then on command
-//! `events_api` envelopes and `disconnect` messages, answers pings, can go
-//! silent (stops reading and writing, so pings go unanswered), and records
+//! `events_api` envelopes and `disconnect` messages, answers pings, closes
+//! a socket without warning, can go silent (stops reading and writing, so pings go unanswered), and records
 //! every acknowledgement per connection.
 #![allow(dead_code)] // a harness: not every test uses every method
 
@@ -31,6 +31,7 @@ pub const APP_TOKEN: &str = "xapp-1-A0APP-1-stubsecret";
 enum Command {
     Send(String),
     Silent,
+    Close,
 }
 
 struct Conn {
@@ -201,6 +202,11 @@ impl SocketStub {
         self.command(conn, Command::Silent);
     }
 
+    /// Close `conn` from Slack's side without warning.
+    pub fn close(&self, conn: usize) {
+        self.command(conn, Command::Close);
+    }
+
     /// Envelope ids acknowledged on `conn`.
     pub fn acks(&self, conn: usize) -> Vec<String> {
         self.lock().conns[conn].acks.clone()
@@ -343,6 +349,11 @@ async fn connection(
                     }
                 }
                 Some(Command::Silent) => silent = true,
+                Some(Command::Close) => {
+                    // Best effort, as Slack's own close: the socket goes either way.
+                    let _ = sink.close().await;
+                    break;
+                }
                 None => break,
             },
             message = stream.next(), if !silent => match message {
