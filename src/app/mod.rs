@@ -3,6 +3,7 @@
 //! shutdown deadline.
 
 use std::net::SocketAddr;
+use std::sync::Arc;
 
 use anyhow::Context;
 use axum::Router;
@@ -14,7 +15,8 @@ use crate::config::Settings;
 use crate::egress::Egress;
 use crate::egress::slack::deliver::SlackDelivery;
 use crate::egress::slack::{DEFAULT_TIMEOUT, SlackApi};
-use crate::http::{GatewayState, admin_router, gateway_router};
+use crate::http::{GatewayState, ReadinessCheck, admin_router, gateway_router};
+use crate::ingress::slack::socket::SocketMode;
 use crate::ingress::slack::{SignatureVerifier, SlackIntake, http::events_router};
 use crate::queue::{Queue, Reaper};
 use crate::store::{self, RedisPool, embedded::EmbeddedRedis};
@@ -55,6 +57,16 @@ impl Application {
     pub async fn build(settings: Settings, role: Role) -> anyhow::Result<Self> {
         // Install the metrics recorder before anything counts.
         crate::telemetry::metrics_handle();
+        if role.runs_gateway()
+            && settings.slack.mode.socket_mode()
+            && settings.secrets.slack_app_token.is_none()
+        {
+            anyhow::bail!(
+                "slack.mode = \"{}\" needs Slack's app-level token: set SLACK_APP_TOKEN \
+                 (xapp-..., with the connections:write scope) or slack.app_token_file",
+                settings.slack.mode.as_str()
+            );
+        }
         let mut embedded = None;
         let url = match (&settings.secrets.redis_url, role) {
             (Some(url), _) => url.clone(),
@@ -135,8 +147,14 @@ impl Application {
         let tasks = TaskTracker::new();
         tasks.spawn(Reaper::new(self.queue.clone()).run(shutdown.clone()));
         self.start_pool(&tasks, &shutdown)?;
+        let mut readiness = Vec::new();
         if self.role.runs_gateway() {
             tasks.spawn(self.egress()?.run(shutdown.clone()));
+            if let Some(socket) = self.socket_mode()? {
+                let health = socket.health();
+                readiness.push(Arc::new(move || health.check()) as ReadinessCheck);
+                tasks.spawn(socket.run(shutdown.clone()));
+            }
         }
         let slack_events = match self.gateway.is_some() {
             true => self.slack_events_router()?,
@@ -145,6 +163,7 @@ impl Application {
         if let Some(listener) = self.gateway {
             let router = gateway_router(GatewayState {
                 redis: self.redis.clone(),
+                readiness,
             })
             .merge(slack_events);
             serve(&tasks, "gateway", listener, router, shutdown.clone());
@@ -202,8 +221,12 @@ impl Application {
         ))
     }
 
-    /// `/slack/events`, when a signing secret is configured.
+    /// `/slack/events`, when the Events API is on and a signing secret is
+    /// configured.
     fn slack_events_router(&self) -> anyhow::Result<Router> {
+        if !self.settings.slack.mode.events_api() {
+            return Ok(Router::new());
+        }
         let Some(secret) = &self.settings.secrets.slack_signing_secret else {
             tracing::warn!("SLACK_SIGNING_SECRET is not set: the Slack Events API endpoint is off");
             return Ok(Router::new());
@@ -211,6 +234,28 @@ impl Application {
         let verifier = SignatureVerifier::new(secret).context("SLACK_SIGNING_SECRET")?;
         let intake = SlackIntake::new(self.queue.clone(), self.settings.slack.ingress());
         Ok(events_router(intake, verifier))
+    }
+
+    /// The Socket Mode client, when Socket Mode is on (the app token was
+    /// checked by [`Application::build`]).
+    fn socket_mode(&self) -> anyhow::Result<Option<SocketMode>> {
+        let slack = &self.settings.slack;
+        let (true, Some(token)) = (
+            slack.mode.socket_mode(),
+            &self.settings.secrets.slack_app_token,
+        ) else {
+            return Ok(None);
+        };
+        if !token.expose().starts_with("xapp-") {
+            tracing::warn!(
+                "SLACK_APP_TOKEN does not look like an app-level token (xapp-...); \
+                 apps.connections.open will likely refuse it"
+            );
+        }
+        let intake = SlackIntake::new(self.queue.clone(), slack.ingress());
+        let socket = SocketMode::new(slack.socket(), &slack.api_base_url, token, intake)
+            .context("Slack Socket Mode client")?;
+        Ok(Some(socket))
     }
 }
 

@@ -143,6 +143,9 @@ impl Settings {
             // Its Display names the field (`slack.<field>`) and the reason.
             return Err(ConfigError::Parse(e.to_string()));
         }
+        if let Err(e) = self.slack.socket().validate() {
+            return Err(ConfigError::Parse(e.to_string()));
+        }
         if let Err((field, reason)) = self.queue.check() {
             return invalid(field, reason);
         }

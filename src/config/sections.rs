@@ -7,6 +7,7 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
+use crate::ingress::slack::socket::SocketModeSettings;
 use crate::ingress::slack::{DmConversation, SlackIngressSettings};
 
 impl Default for super::Settings {
@@ -145,6 +146,10 @@ impl Default for RedisSettings {
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct SlackSettings {
+    /// How events arrive: `events_api` (Slack POSTs to `/slack/events`; needs
+    /// a public URL), `socket_mode` (the gateway opens websockets to Slack
+    /// with `SLACK_APP_TOKEN`), or `both`.
+    pub mode: SlackMode,
     /// Base URL of Slack's Web API. Point it at a local stand-in for tests.
     pub api_base_url: String,
     /// File holding the signing secret, read when `SLACK_SIGNING_SECRET` is unset.
@@ -167,9 +172,67 @@ pub struct SlackSettings {
     /// answered 503 (Slack retries). Under Slack's 3 s timeout.
     #[serde(with = "humantime_serde")]
     pub enqueue_deadline: Duration,
+    /// Socket Mode connections per gateway, each independent (1 to 10; Slack
+    /// allows 10 per app across all replicas).
+    pub socket_connections: usize,
+    /// How often each Socket Mode connection pings Slack.
+    #[serde(with = "humantime_serde")]
+    pub socket_ping_interval: Duration,
+    /// A Socket Mode connection that received no frame for this long is
+    /// replaced. Longer than `socket_ping_interval`.
+    #[serde(with = "humantime_serde")]
+    pub socket_silence_timeout: Duration,
+    /// `/readyz` fails when no Socket Mode connection received a frame
+    /// within this long. At least `socket_silence_timeout`.
+    #[serde(with = "humantime_serde")]
+    pub socket_readiness_max_age: Duration,
+}
+
+/// Which transports bring Slack events in.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum SlackMode {
+    /// HTTP requests from Slack to `/slack/events`.
+    #[default]
+    EventsApi,
+    /// Websockets the gateway opens to Slack.
+    SocketMode,
+    /// Both at once (e.g. while moving from one to the other).
+    Both,
+}
+
+impl SlackMode {
+    /// As written in config.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            SlackMode::EventsApi => "events_api",
+            SlackMode::SocketMode => "socket_mode",
+            SlackMode::Both => "both",
+        }
+    }
+
+    /// Whether `/slack/events` is served.
+    pub fn events_api(self) -> bool {
+        matches!(self, SlackMode::EventsApi | SlackMode::Both)
+    }
+
+    /// Whether Socket Mode connections are opened.
+    pub fn socket_mode(self) -> bool {
+        matches!(self, SlackMode::SocketMode | SlackMode::Both)
+    }
 }
 
 impl SlackSettings {
+    /// What the Socket Mode client needs of these settings.
+    pub fn socket(&self) -> SocketModeSettings {
+        SocketModeSettings {
+            connections: self.socket_connections,
+            ping_interval: self.socket_ping_interval,
+            silence_timeout: self.socket_silence_timeout,
+            readiness_max_age: self.socket_readiness_max_age,
+        }
+    }
+
     /// What Slack ingress needs of these settings.
     pub fn ingress(&self) -> SlackIngressSettings {
         SlackIngressSettings {
@@ -186,7 +249,9 @@ impl SlackSettings {
 impl Default for SlackSettings {
     fn default() -> Self {
         let ingress = SlackIngressSettings::default();
+        let socket = SocketModeSettings::default();
         Self {
+            mode: SlackMode::default(),
             api_base_url: "https://slack.com/api/".into(),
             signing_secret_file: None,
             bot_token_file: None,
@@ -197,6 +262,10 @@ impl Default for SlackSettings {
             dm_conversation: ingress.dm_conversation,
             max_body_bytes: ingress.max_body_bytes,
             enqueue_deadline: ingress.enqueue_deadline,
+            socket_connections: socket.connections,
+            socket_ping_interval: socket.ping_interval,
+            socket_silence_timeout: socket.silence_timeout,
+            socket_readiness_max_age: socket.readiness_max_age,
         }
     }
 }

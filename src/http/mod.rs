@@ -3,6 +3,8 @@
 
 mod admin;
 
+use std::sync::Arc;
+
 use axum::Router;
 use axum::extract::State;
 use axum::http::StatusCode;
@@ -12,13 +14,20 @@ use crate::store::RedisPool;
 
 pub use admin::admin_router;
 
+/// A readiness condition besides Redis (e.g. a live Slack socket):
+/// `Err(reason)` while not ready.
+pub type ReadinessCheck = Arc<dyn Fn() -> Result<(), String> + Send + Sync>;
+
 /// What the public listener's handlers share.
 #[derive(Clone)]
 pub struct GatewayState {
     pub redis: RedisPool,
+    /// Further conditions `/readyz` requires.
+    pub readiness: Vec<ReadinessCheck>,
 }
 
-/// `/healthz` (the process runs) and `/readyz` (Redis answers).
+/// `/healthz` (the process runs) and `/readyz` (Redis answers and every
+/// readiness check passes).
 pub fn gateway_router(state: GatewayState) -> Router {
     Router::new()
         .route("/healthz", get(healthz))
@@ -31,7 +40,11 @@ async fn healthz() -> &'static str {
 }
 
 async fn readyz(State(state): State<GatewayState>) -> (StatusCode, String) {
-    match crate::store::ping(&state.redis).await {
+    let result = match crate::store::ping(&state.redis).await {
+        Ok(()) => state.readiness.iter().try_for_each(|check| check()),
+        Err(e) => Err(e.to_string()),
+    };
+    match result {
         Ok(()) => (StatusCode::OK, "ready\n".into()),
         Err(e) => {
             tracing::warn!(error = %e, "readiness check failed");

@@ -19,3 +19,5 @@ mod slack_crash;
 mod slack_e2e;
 mod slack_events;
 mod slack_support;
+mod socket_mode;
+mod socket_stub;

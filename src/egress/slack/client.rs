@@ -1,4 +1,6 @@
-//! The Slack Web API calls egress makes, on slack-morphism's client.
+//! The Slack Web API calls egress makes, on slack-morphism's client, and
+//! the one Socket Mode ingress makes (apps.connections.open, with the
+//! app-level token).
 //!
 //! slack-morphism brings the connection pool, the Bearer token, the JSON
 //! bodies and the reading of Slack's answers (429 with `Retry-After`,
@@ -22,8 +24,8 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 use slack_morphism::api::{
-    SlackApiAssistantThreadsSetStatusRequest, SlackApiReactionsAddRequest,
-    SlackApiReactionsRemoveRequest,
+    SlackApiAppsConnectionOpenRequest, SlackApiAssistantThreadsSetStatusRequest,
+    SlackApiReactionsAddRequest, SlackApiReactionsRemoveRequest,
 };
 use slack_morphism::errors::SlackClientError;
 use slack_morphism::hyper_tokio::{SlackClientHyperConnector, SlackClientHyperHttpsConnector};
@@ -333,6 +335,20 @@ impl SlackApi {
             }
         }
         Ok(out)
+    }
+
+    /// apps.connections.open (the client must hold an app-level token):
+    /// the URL of a new Socket Mode websocket. It carries a one-time ticket,
+    /// so it comes back as a [`Secret`].
+    pub async fn open_socket_connection(&self) -> Result<Secret, SlackError> {
+        let session = self.session();
+        let answer = self
+            .call(
+                "apps.connections.open",
+                session.apps_connections_open(&SlackApiAppsConnectionOpenRequest::new()),
+            )
+            .await?;
+        Ok(Secret::new(answer.url.0.to_string()))
     }
 
     fn session(&self) -> SlackClientSession<'_, SlackClientHyperHttpsConnector> {

@@ -10,12 +10,16 @@
 //! 3. The caller dedupes and enqueues the candidate (in Redis, elsewhere).
 //!
 //! [`settings`] holds the `[slack]` fields these steps read.
+//!
+//! Two transports feed [`SlackIntake`]: [`http`] (the Events API endpoint)
+//! and [`socket`] (Socket Mode websockets).
 
 pub mod event;
 pub mod http;
 pub mod intake;
 mod payload;
 pub mod settings;
+pub mod socket;
 pub mod verify;
 
 #[cfg(test)]
