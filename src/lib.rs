@@ -5,6 +5,7 @@
 //! top of `domain` types shared by all. `config`, `telemetry`, `store`
 //! (Redis connections) and `app` (wiring and shutdown) hold it together.
 
+pub mod admission;
 pub mod agent;
 pub mod app;
 pub mod config;

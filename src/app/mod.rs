@@ -11,6 +11,7 @@ use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
+use crate::admission::Admission;
 use crate::config::Settings;
 use crate::egress::Egress;
 use crate::egress::slack::deliver::SlackDelivery;
@@ -22,6 +23,7 @@ use crate::queue::{Queue, Reaper};
 use crate::store::{self, RedisPool, embedded::EmbeddedRedis};
 
 mod pool;
+mod reload;
 
 /// Which parts of Switchboard this process runs.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -48,6 +50,7 @@ pub struct Application {
     embedded: Option<EmbeddedRedis>,
     redis: RedisPool,
     queue: Queue,
+    admission: Admission,
     gateway: Option<TcpListener>,
     admin: Option<TcpListener>,
 }
@@ -96,6 +99,11 @@ impl Application {
                     &settings.redis.key_prefix,
                     settings.queue.clone(),
                 );
+                let admission = Admission::new(
+                    queue.clone(),
+                    settings.admission.clone(),
+                    crate::admission::system_clock(),
+                );
                 Ok(Self {
                     settings,
                     role,
@@ -103,6 +111,7 @@ impl Application {
                     embedded,
                     redis,
                     queue,
+                    admission,
                     gateway,
                     admin,
                 })
@@ -125,6 +134,11 @@ impl Application {
             .await
             .context("Redis is not usable as the queue store")?;
         Ok(pool)
+    }
+
+    /// Read the wall clock admission uses from `clock` (tests move it).
+    pub fn set_admission_clock(&mut self, clock: crate::admission::Clock) {
+        self.admission = Admission::new(self.queue.clone(), self.settings.admission.clone(), clock);
     }
 
     /// The queue this process uses.
@@ -150,6 +164,11 @@ impl Application {
         let mut readiness = Vec::new();
         if self.role.runs_gateway() {
             tasks.spawn(self.egress()?.run(shutdown.clone()));
+            tasks.spawn(reload::on_sighup(
+                self.admission.clone(),
+                self.settings.source.clone(),
+                shutdown.clone(),
+            ));
             if let Some(socket) = self.socket_mode()? {
                 let health = socket.health();
                 readiness.push(Arc::new(move || health.check()) as ReadinessCheck);
@@ -171,7 +190,10 @@ impl Application {
         if let Some(listener) = self.admin {
             let router = admin_router(
                 self.settings.secrets.admin_token.clone(),
-                pool::admin_routes(self.queue.clone()),
+                pool::admin_routes(self.queue.clone()).merge(reload::admin_routes(
+                    self.admission.clone(),
+                    self.settings.source.clone(),
+                )),
             );
             serve(&tasks, "admin", listener, router, shutdown.clone());
         }
@@ -232,7 +254,8 @@ impl Application {
             return Ok(Router::new());
         };
         let verifier = SignatureVerifier::new(secret).context("SLACK_SIGNING_SECRET")?;
-        let intake = SlackIntake::new(self.queue.clone(), self.settings.slack.ingress());
+        let intake = SlackIntake::new(self.queue.clone(), self.settings.slack.ingress())
+            .with_admission(self.admission.clone());
         Ok(events_router(intake, verifier))
     }
 
@@ -252,7 +275,8 @@ impl Application {
                  apps.connections.open will likely refuse it"
             );
         }
-        let intake = SlackIntake::new(self.queue.clone(), slack.ingress());
+        let intake = SlackIntake::new(self.queue.clone(), slack.ingress())
+            .with_admission(self.admission.clone());
         let socket = SocketMode::new(slack.socket(), &slack.api_base_url, token, intake)
             .context("Slack Socket Mode client")?;
         Ok(Some(socket))

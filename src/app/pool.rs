@@ -47,6 +47,7 @@ impl Application {
             agent: self.settings.agent.clone(),
             update_interval: self.settings.egress.update_interval,
             blocking_read: self.settings.redis.blocking_read,
+            max_wait: Some(self.settings.admission.max_wait),
         };
         Ok(Worker::new(
             worker_id(),

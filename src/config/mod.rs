@@ -58,6 +58,10 @@ pub struct Settings {
     pub pool: crate::pool::PoolSettings,
     pub agent: crate::agent::AgentSettings,
     pub egress: EgressSettings,
+    pub admission: crate::admission::AdmissionSettings,
+    /// The file these settings came from (for reloads); not a setting.
+    #[serde(skip)]
+    pub source: Option<PathBuf>,
     /// Secrets, from the environment or the files named above; never serialized.
     #[serde(skip)]
     pub secrets: Secrets,
@@ -96,6 +100,7 @@ impl Settings {
         }
         figment = figment.merge(Env::prefixed(ENV_PREFIX).split("__"));
         let mut settings: Settings = figment.extract().map_err(describe_figment_error)?;
+        settings.source = path;
         settings.secrets = Secrets::from_env(&settings)?;
         if let Some(key) = &settings.secrets.anthropic_api_key {
             settings
@@ -150,6 +155,9 @@ impl Settings {
             return invalid(field, reason);
         }
         if let Err((field, reason)) = self.pool.check() {
+            return invalid(field, reason);
+        }
+        if let Err((field, reason)) = self.admission.check() {
             return invalid(field, reason);
         }
         if self.egress.update_interval < std::time::Duration::from_millis(100) {

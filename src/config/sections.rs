@@ -24,6 +24,8 @@ impl Default for super::Settings {
             pool: crate::pool::PoolSettings::default(),
             agent: crate::agent::AgentSettings::default(),
             egress: EgressSettings::default(),
+            admission: crate::admission::AdmissionSettings::default(),
+            source: None,
             secrets: super::Secrets::default(),
         }
     }
@@ -318,7 +320,7 @@ impl Default for EgressSettings {
             slack_calls_per_minute: 45.0,
             slack_burst: 5.0,
             slack_posts_per_second: 1.0,
-            slack_post_burst: 3.0,
+            slack_post_burst: 2.0,
             max_reply_age: Duration::from_secs(3600),
             stale_replies: StaleReplies::Note,
         }

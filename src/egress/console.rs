@@ -12,7 +12,11 @@ pub async fn deliver(queue: &Queue, entry: &OutboxEntry, session: &str) -> Resul
     }
     let key = queue.keys().shard(0).console(session);
     let item = serde_json::json!({
-        "kind": if entry.kind == OutboxKind::Final { "final" } else { "progress" },
+        "kind": match entry.kind {
+            OutboxKind::Final => "final",
+            OutboxKind::Notice => "notice",
+            _ => "progress",
+        },
         "reply_id": entry.reply_id,
         "seq": entry.seq,
         "text": entry.text,

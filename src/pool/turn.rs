@@ -223,6 +223,7 @@ async fn commit(
             metrics::counter!("switchboard_pool_turns_total", "outcome" => "committed")
                 .increment(1);
             lock(&shared.table)[slot as usize].turns += 1;
+            charge(shared, claim, commit.cost_usd).await;
         }
         Err(QueueError::Fenced(_)) => {
             tracing::warn!(
@@ -241,6 +242,25 @@ async fn commit(
         Finished::Bound
     } else {
         Finished::Restart
+    }
+}
+
+/// Charge the turn's cost to its sender, channel and workspace.
+async fn charge(shared: &Shared, claim: &Claim, cost_usd: f64) {
+    let (Some(destination), Some(last)) = (&claim.destination, claim.messages.last()) else {
+        return;
+    };
+    let now = std::time::SystemTime::now();
+    if let Err(e) = crate::admission::charge(
+        &shared.queue,
+        destination,
+        &last.message.sender,
+        cost_usd,
+        now,
+    )
+    .await
+    {
+        tracing::warn!(error = %e, "turn cost not recorded");
     }
 }
 

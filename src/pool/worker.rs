@@ -43,6 +43,9 @@ pub struct WorkerSettings {
     pub update_interval: Duration,
     /// Longest wait for new work before looking again.
     pub blocking_read: Duration,
+    /// A batch whose first message waited longer is not run (admission's
+    /// `max_wait`); `None`: no limit.
+    pub max_wait: Option<Duration>,
 }
 
 /// A slot's process, owned by whichever task has the slot Busy/Starting.
@@ -156,6 +159,16 @@ async fn claim_loop(shared: &Arc<Shared>, turns: &TaskTracker, shutdown: &Cancel
             }
         }
         match shared.queue.claim(&shared.id, 0).await {
+            Ok(ClaimOutcome::Claimed(claim)) if waited_too_long(shared, &claim) => {
+                let busy = "I was too busy to get to this in time; please try again later.";
+                if let Err(e) = shared
+                    .queue
+                    .refuse_batch(&claim.lease, "waited too long for a slot", busy)
+                    .await
+                {
+                    tracing::warn!(error = %e, "could not set aside a batch that waited too long");
+                }
+            }
             Ok(ClaimOutcome::Claimed(claim)) => {
                 let has_session = claim.session_id.is_some();
                 let assignment = assign(
@@ -202,6 +215,19 @@ async fn claim_loop(shared: &Arc<Shared>, turns: &TaskTracker, shutdown: &Cancel
             }
         }
     }
+}
+
+/// Whether the batch's first message waited past `max_wait`.
+fn waited_too_long(shared: &Shared, claim: &crate::queue::Claim) -> bool {
+    let (Some(max_wait), Some(first)) = (shared.settings.max_wait, claim.messages.first()) else {
+        return false;
+    };
+    let now = SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0);
+    let received = first.message.received_at_ms;
+    received > 0 && now.saturating_sub(received) > max_wait.as_millis() as u64
 }
 
 async fn backoff(shutdown: &CancellationToken) {

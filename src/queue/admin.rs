@@ -107,6 +107,7 @@ pub fn parse_outbox_entry(
         "ack" => OutboxKind::Ack,
         "progress" => OutboxKind::Progress,
         "final" => OutboxKind::Final,
+        "notice" => OutboxKind::Notice,
         other => return Err(protocol("outbox", format!("entry {id} has kind {other:?}"))),
     };
     Ok(OutboxEntry {

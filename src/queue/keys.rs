@@ -125,6 +125,18 @@ impl ShardKeys {
     pub fn bucket(&self, name: &str) -> String {
         format!("{}:bucket:{}", self.base, name)
     }
+    /// The keys of notice.lua.
+    pub fn notice_keys(&self, cid: &ConversationId) -> Vec<String> {
+        vec![self.conv(cid), self.outbox()]
+    }
+    /// Hash: spend and turn counts of one UTC day (`YYYY-MM-DD`).
+    pub fn usage(&self, day: &str) -> String {
+        format!("{}:usage:{}", self.base, day)
+    }
+    /// A small counter or flag with a TTL (loop guards, "told once" marks).
+    pub fn mark(&self, name: &str) -> String {
+        format!("{}:mark:{}", self.base, name)
+    }
     /// Stream: dead letters with their reason.
     pub fn dead(&self) -> String {
         format!("{}:dead", self.base)

@@ -148,6 +148,68 @@ impl Queue {
         Ok((wait > 0).then(|| Duration::from_millis(wait as u64)))
     }
 
+    /// Queue a notice for the sender of a conversation's message (posted
+    /// once, keyed by `reply_id`).
+    pub async fn notice(
+        &self,
+        cid: &ConversationId,
+        destination: &Destination,
+        reply_id: &str,
+        text: &str,
+    ) -> Result<(), QueueError> {
+        let k = self.keys().for_conversation(cid);
+        let mut conn = self.conn().await?;
+        let _: i64 = ScriptCall::new(&self.scripts().notice, k.notice_keys(cid))
+            .arg(cid)
+            .arg(serde_json::to_string(destination)?)
+            .arg(reply_id)
+            .arg(text)
+            .arg(Self::ms(self.settings().idle_ttl))
+            .invoke(&mut conn)
+            .await?;
+        Ok(())
+    }
+
+    /// Whether any of the message's dedupe keys was seen (a retry).
+    pub async fn seen_any(
+        &self,
+        message: &crate::domain::InboundMessage,
+    ) -> Result<bool, QueueError> {
+        let k = self.keys().for_conversation(&message.conversation);
+        let keys: Vec<String> = message.dedupe_keys.iter().map(|d| k.seen(d)).collect();
+        if keys.is_empty() {
+            return Ok(false);
+        }
+        let mut conn = self.conn().await?;
+        let n: u64 = redis::cmd("EXISTS")
+            .arg(&keys)
+            .query_async(&mut *conn)
+            .await?;
+        Ok(n > 0)
+    }
+
+    /// Conversations waiting for a slot in `cid`'s shard.
+    pub async fn waiting(&self, cid: &ConversationId) -> Result<u64, QueueError> {
+        let k = self.keys().for_conversation(cid);
+        let mut conn = self.conn().await?;
+        Ok(redis::cmd("ZCARD")
+            .arg(k.ready())
+            .query_async(&mut *conn)
+            .await?)
+    }
+
+    /// How many conversations wait ahead of `cid` in the shared ready queue
+    /// (`None` when it is not waiting there).
+    pub async fn ahead_of(&self, cid: &ConversationId) -> Result<Option<u64>, QueueError> {
+        let k = self.keys().for_conversation(cid);
+        let mut conn = self.conn().await?;
+        Ok(redis::cmd("ZRANK")
+            .arg(k.ready())
+            .arg(cid.as_str())
+            .query_async(&mut *conn)
+            .await?)
+    }
+
     /// A handle for plain commands on a shard's keys (egress reply state).
     pub async fn connection(&self) -> Result<deadpool_redis::Connection, QueueError> {
         self.conn().await

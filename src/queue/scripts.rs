@@ -31,6 +31,7 @@ pub struct Scripts {
     pub disown: Script,
     pub lead: Script,
     pub take_tokens: Script,
+    pub notice: Script,
 }
 
 impl Scripts {
@@ -51,6 +52,7 @@ impl Scripts {
             disown: script!("disown.lua"),
             lead: script!("lead.lua"),
             take_tokens: script!("take_tokens.lua"),
+            notice: script!("notice.lua"),
         }
     }
 }

@@ -63,6 +63,7 @@ fn every_scripts_keys_fall_in_one_hash_slot() {
             ("requeue_dead", k.requeue_dead_keys(&cid)),
             ("disown", k.disown_keys(&cid)),
             ("lead", vec![k.lead("egress")]),
+            ("notice", k.notice_keys(&cid)),
             ("take_tokens", vec![k.bucket("slack:T1:chat.update")]),
         ];
         for (script, list) in lists {

@@ -154,6 +154,30 @@ impl Queue {
         reason: &str,
         retryable: bool,
     ) -> Result<FailOutcome, QueueError> {
+        self.fail_with(lease, reason, retryable, super::DEAD_LETTER_TEXT)
+            .await
+    }
+
+    /// Set the batch aside without running it (e.g. it waited too long),
+    /// telling the sender `reply`.
+    pub async fn refuse_batch(
+        &self,
+        lease: &Lease,
+        reason: &str,
+        reply: &str,
+    ) -> Result<(), QueueError> {
+        self.fail_with(lease, reason, false, reply)
+            .await
+            .map(|_| ())
+    }
+
+    async fn fail_with(
+        &self,
+        lease: &Lease,
+        reason: &str,
+        retryable: bool,
+        reply: &str,
+    ) -> Result<FailOutcome, QueueError> {
         let k = self.lease_keys(lease);
         let cid = &lease.conversation;
         let mut conn = self.conn().await?;
@@ -163,7 +187,7 @@ impl Queue {
             .arg(reason)
             .arg(if retryable { "1" } else { "0" })
             .arg(self.settings().max_attempts)
-            .arg(super::DEAD_LETTER_TEXT)
+            .arg(reply)
             .invoke(&mut conn)
             .await?;
         match reply.first().map(String::as_str) {

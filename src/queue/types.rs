@@ -181,6 +181,8 @@ pub enum OutboxKind {
     Progress,
     /// The reply's final text.
     Final,
+    /// A notice to the sender (a refusal, their place in line), posted once.
+    Notice,
 }
 
 /// What one reaper pass did.

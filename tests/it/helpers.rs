@@ -219,6 +219,10 @@ pub fn test_settings(redis: &TestRedis, test: &str) -> Settings {
     settings.redis.pool_size = 8;
     settings.shutdown_timeout = Duration::from_secs(5);
     settings.secrets.redis_url = Some(Secret::new(redis.url()));
+    // Rate limits would get in the way of tests about other things; the
+    // admission tests turn them on.
+    settings.admission.user_per_minute = 0.0;
+    settings.admission.channel_per_minute = 0.0;
     settings
 }
 

@@ -88,12 +88,29 @@ impl SlackWorld {
         ts
     }
 
-    /// Bot messages in the thread rooted at `ts`.
+    /// The bot's replies in the thread rooted at `ts` (not its notices,
+    /// such as "Queued: 3 ahead of you").
     pub fn replies(&self, channel: &str, ts: &str) -> Vec<StubMessage> {
         self.stub
             .messages_in(channel, Some(ts))
             .into_iter()
             .filter(|m| m.ts != ts && m.bot_id.is_some() || m.reply_id().is_some())
+            .filter(|m| {
+                !m.reply_id()
+                    .is_some_and(|r| r.contains("/queued/") || r.contains("/notice/"))
+            })
+            .collect()
+    }
+
+    /// The bot's notices in the thread rooted at `ts`.
+    pub fn notices(&self, channel: &str, ts: &str) -> Vec<StubMessage> {
+        self.stub
+            .messages_in(channel, Some(ts))
+            .into_iter()
+            .filter(|m| {
+                m.reply_id()
+                    .is_some_and(|r| r.contains("/queued/") || r.contains("/notice/"))
+            })
             .collect()
     }
 

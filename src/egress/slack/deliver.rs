@@ -79,7 +79,9 @@ impl SlackDelivery {
     pub async fn deliver(&self, entry: &OutboxEntry, target: SlackTarget<'_>) -> Delivered {
         let result = match entry.kind {
             OutboxKind::Ack => self.acknowledge(entry, target).await,
-            OutboxKind::Progress | OutboxKind::Final => self.reply(entry, target).await,
+            OutboxKind::Progress | OutboxKind::Final | OutboxKind::Notice => {
+                self.reply(entry, target).await
+            }
         };
         match result {
             Ok(delivered) => delivered,
@@ -135,7 +137,7 @@ impl SlackDelivery {
         drop(conn);
         let applied: u64 = state.get("seq").and_then(|s| s.parse().ok()).unwrap_or(0);
         let done = state.contains_key("done");
-        let is_final = entry.kind == OutboxKind::Final;
+        let is_final = entry.kind != OutboxKind::Progress;
         if done || (!is_final && applied >= entry.seq) {
             // Superseded, or delivered before a crash and redelivered.
             return Ok(Delivered::Done);

@@ -54,6 +54,10 @@ pub struct Candidate {
     pub kind: CandidateKind,
     /// The Slack event type it came from: `app_mention` or `message`.
     pub event_type: &'static str,
+    /// Written by another bot (`bot_id` set; only when `allow_other_bots`).
+    pub from_bot: bool,
+    /// The sender belongs to another organisation (Slack Connect).
+    pub external: bool,
 }
 
 /// Why a candidate is addressed to the bot.
@@ -228,7 +232,13 @@ fn candidate(
         external_id: fields.ts.to_owned(),
         received_at_ms,
     };
+    let profile = event.user_profile.as_ref();
+    let user_team = present(&event.user_team).or(profile.and_then(|p| present(&p.team)));
+    let external = profile.and_then(|p| p.is_stranger).unwrap_or(false)
+        || user_team.is_some_and(|t| t != fields.team);
     Ok(Candidate {
+        from_bot: present(&event.bot_id).is_some(),
+        external,
         message,
         destination: Destination::Slack {
             team: fields.team.to_owned(),

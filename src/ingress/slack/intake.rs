@@ -6,6 +6,7 @@
 use std::sync::Arc;
 use std::time::{SystemTime, UNIX_EPOCH};
 
+use crate::admission::{Admission, Refusal};
 use crate::queue::{EnqueueMode, Enqueued, Queue};
 
 use super::{Candidate, Decision, EventError, IgnoreReason, SlackIngressSettings, decide_value};
@@ -25,6 +26,8 @@ pub enum IntakeOutcome {
     Overflow,
     /// A thread reply in a thread the bot is not part of.
     NotInConversation,
+    /// Refused by admission control (the sender may have been told why).
+    Refused(Refusal),
 }
 
 impl IntakeOutcome {
@@ -37,6 +40,7 @@ impl IntakeOutcome {
             IntakeOutcome::Duplicate => "duplicate",
             IntakeOutcome::Overflow => "overflow",
             IntakeOutcome::NotInConversation => "not_in_conversation",
+            IntakeOutcome::Refused(_) => "refused",
         }
     }
 }
@@ -57,6 +61,7 @@ pub enum IntakeError {
 pub struct SlackIntake {
     queue: Queue,
     settings: Arc<SlackIngressSettings>,
+    admission: Option<Admission>,
 }
 
 impl SlackIntake {
@@ -64,7 +69,14 @@ impl SlackIntake {
         Self {
             queue,
             settings: Arc::new(settings),
+            admission: None,
         }
+    }
+
+    /// Check who may talk, how often and what they may spend first.
+    pub fn with_admission(mut self, admission: Admission) -> Self {
+        self.admission = Some(admission);
+        self
     }
 
     pub fn settings(&self) -> &SlackIngressSettings {
@@ -98,22 +110,63 @@ impl SlackIntake {
     }
 
     async fn enqueue(&self, candidate: Candidate) -> Result<IntakeOutcome, IntakeError> {
+        let deadline = self.settings.enqueue_deadline;
+        tokio::time::timeout(deadline, self.admit_and_enqueue(candidate))
+            .await
+            .map_err(|_| {
+                IntakeError::Unavailable(format!("Redis did not answer within {deadline:?}"))
+            })?
+    }
+
+    async fn admit_and_enqueue(&self, candidate: Candidate) -> Result<IntakeOutcome, IntakeError> {
+        let unavailable = |e: crate::queue::QueueError| IntakeError::Unavailable(e.to_string());
+        if let Some(admission) = &self.admission {
+            // A retry of a message already queued is not a new request.
+            if self
+                .queue
+                .seen_any(&candidate.message)
+                .await
+                .map_err(unavailable)?
+            {
+                return Ok(IntakeOutcome::Duplicate);
+            }
+            // A thread reply outside a conversation of ours is not for us:
+            // say nothing about it, whatever the policy.
+            let ours = !candidate.needs_existing_conversation
+                || self
+                    .queue
+                    .conversation_exists(&candidate.message.conversation)
+                    .await
+                    .map_err(unavailable)?;
+            if ours && let Some(refusal) = admission.check(&candidate).await.map_err(unavailable)? {
+                admission
+                    .refuse(&candidate, refusal)
+                    .await
+                    .map_err(unavailable)?;
+                return Ok(IntakeOutcome::Refused(refusal));
+            }
+        }
+        let outcome = self.enqueue_checked(&candidate).await?;
+        if outcome == IntakeOutcome::Queued
+            && let Some(admission) = &self.admission
+            && let Err(e) = admission.tell_position(&candidate).await
+        {
+            // The message is queued; only the courtesy notice is lost.
+            tracing::warn!(error = %e, "could not tell the sender their place in line");
+        }
+        Ok(outcome)
+    }
+
+    async fn enqueue_checked(&self, candidate: &Candidate) -> Result<IntakeOutcome, IntakeError> {
         let mode = if candidate.needs_existing_conversation {
             EnqueueMode::ExistingOnly
         } else {
             EnqueueMode::CreateOrAppend
         };
-        let enqueue = self
+        let result = self
             .queue
-            .enqueue(&candidate.message, &candidate.destination, mode);
-        let result = tokio::time::timeout(self.settings.enqueue_deadline, enqueue)
+            .enqueue(&candidate.message, &candidate.destination, mode)
             .await
-            .map_err(|_| {
-                IntakeError::Unavailable(format!(
-                    "Redis did not answer within {:?}",
-                    self.settings.enqueue_deadline
-                ))
-            })?
             .map_err(|e| IntakeError::Unavailable(e.to_string()))?;
         let outcome = match result {
             Enqueued::Queued { .. } => {

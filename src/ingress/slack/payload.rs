@@ -51,6 +51,12 @@ pub(super) struct MessageEvent {
     pub user: Option<String>,
     #[serde(default)]
     pub bot_id: Option<String>,
+    /// The sender's own workspace, when it differs (Slack Connect).
+    #[serde(default)]
+    pub user_team: Option<String>,
+    /// The sender's profile, where Slack includes it.
+    #[serde(default)]
+    pub user_profile: Option<UserProfile>,
     /// The app that posted the message, when an app did.
     #[serde(default)]
     pub app_id: Option<String>,
@@ -94,4 +100,14 @@ pub(super) struct File {
     pub size: Option<u64>,
     #[serde(default)]
     pub url_private: Option<String>,
+}
+
+/// The part of `user_profile` admission reads.
+#[derive(Debug, Default, Deserialize)]
+pub struct UserProfile {
+    /// A user from another organisation (Slack Connect).
+    #[serde(default)]
+    pub is_stranger: Option<bool>,
+    #[serde(default)]
+    pub team: Option<String>,
 }

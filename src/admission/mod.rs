@@ -1,0 +1,383 @@
+//! Admission control: who may talk to the bot, how often, and what it may
+//! spend. Checked at ingress before anything is queued; every limit lives in
+//! Redis, so it holds across all gateways and workers. Settings can be
+//! replaced while running ([`Admission::update`]).
+
+mod policy;
+mod settings;
+
+use std::sync::{Arc, RwLock};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use crate::domain::{ConversationId, Destination};
+use crate::ingress::slack::Candidate;
+use crate::queue::{Queue, QueueError};
+
+pub use policy::{Refusal, Sender};
+pub use settings::{AdmissionSettings, WorkspacePolicy};
+
+/// The wall clock admission reads (injected in tests).
+pub type Clock = Arc<dyn Fn() -> SystemTime + Send + Sync>;
+
+/// The system clock.
+pub fn system_clock() -> Clock {
+    Arc::new(SystemTime::now)
+}
+
+/// Admission checks, shared by every ingress path.
+#[derive(Clone)]
+pub struct Admission {
+    queue: Queue,
+    settings: Arc<RwLock<Arc<AdmissionSettings>>>,
+    clock: Clock,
+}
+
+impl Admission {
+    pub fn new(queue: Queue, settings: AdmissionSettings, clock: Clock) -> Self {
+        Self {
+            queue,
+            settings: Arc::new(RwLock::new(Arc::new(settings))),
+            clock,
+        }
+    }
+
+    /// Replace the settings (a reload); applies to the next message.
+    pub fn update(&self, settings: AdmissionSettings) {
+        let mut current = self.settings.write().unwrap_or_else(|p| p.into_inner());
+        *current = Arc::new(settings);
+    }
+
+    pub fn queue(&self) -> &Queue {
+        &self.queue
+    }
+
+    pub fn settings(&self) -> Arc<AdmissionSettings> {
+        self.settings
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+
+    /// Whether `candidate` may be queued: `Some(refusal)` when not.
+    pub async fn check(&self, candidate: &Candidate) -> Result<Option<Refusal>, QueueError> {
+        let Destination::Slack { team, channel, .. } = &candidate.destination else {
+            return Ok(None);
+        };
+        let settings = self.settings();
+        let sender = Sender {
+            team,
+            channel,
+            user: &candidate.message.sender,
+            external: candidate.external,
+            bot: candidate.from_bot,
+        };
+        if let Err(refusal) = policy::check(&settings, &sender) {
+            return Ok(Some(refusal));
+        }
+        if candidate.from_bot
+            && self
+                .bot_loop(&candidate.message.conversation, &settings)
+                .await?
+        {
+            return Ok(Some(Refusal::BotLoop));
+        }
+        let rates = [
+            (
+                format!("user:{team}:{}", sender.user),
+                settings.user_per_minute,
+                settings.user_burst,
+                Refusal::UserRate,
+            ),
+            (
+                format!("channel:{team}:{channel}"),
+                settings.channel_per_minute,
+                settings.channel_burst,
+                Refusal::ChannelRate,
+            ),
+        ];
+        for (bucket, per_minute, burst, refusal) in rates {
+            if per_minute > 0.0
+                && self
+                    .queue
+                    .take_tokens(&bucket, per_minute / 60.0, burst, 1.0, 0.0)
+                    .await?
+                    .is_some()
+            {
+                return Ok(Some(refusal));
+            }
+        }
+        if self.queue.waiting(&candidate.message.conversation).await? >= settings.max_waiting {
+            return Ok(Some(Refusal::Busy));
+        }
+        self.over_budget(team, channel, sender.user, &settings)
+            .await
+    }
+
+    /// Count a bot-authored message; true past the loop limit.
+    async fn bot_loop(
+        &self,
+        cid: &ConversationId,
+        settings: &AdmissionSettings,
+    ) -> Result<bool, QueueError> {
+        let key = self
+            .queue
+            .keys()
+            .for_conversation(cid)
+            .mark(&format!("botloop:{cid}"));
+        let mut conn = self.queue.connection().await?;
+        let (count,): (u64,) = redis::pipe()
+            .incr(&key, 1)
+            .expire(&key, settings.bot_loop_window.as_secs().max(1) as i64)
+            .ignore()
+            .query_async(&mut *conn)
+            .await?;
+        Ok(count > u64::from(settings.bot_loop_limit))
+    }
+
+    async fn over_budget(
+        &self,
+        team: &str,
+        channel: &str,
+        user: &str,
+        settings: &AdmissionSettings,
+    ) -> Result<Option<Refusal>, QueueError> {
+        let caps = [
+            (
+                format!("spend:user:{team}:{user}"),
+                settings.user_daily_usd,
+                Refusal::UserBudget,
+            ),
+            (
+                format!("spend:channel:{team}:{channel}"),
+                settings.channel_daily_usd,
+                Refusal::ChannelBudget,
+            ),
+            (
+                format!("spend:team:{team}"),
+                settings.workspace_daily_usd,
+                Refusal::WorkspaceBudget,
+            ),
+        ];
+        if caps.iter().all(|c| c.1 <= 0.0) {
+            return Ok(None);
+        }
+        let key = self.queue.keys().shard(0).usage(&day(self.now()));
+        let mut conn = self.queue.connection().await?;
+        let fields: Vec<&str> = caps.iter().map(|c| c.0.as_str()).collect();
+        let spent: Vec<Option<f64>> = redis::cmd("HMGET")
+            .arg(&key)
+            .arg(&fields)
+            .query_async(&mut *conn)
+            .await?;
+        for ((_, cap, refusal), spent) in caps.iter().zip(spent) {
+            if *cap > 0.0 && spent.unwrap_or(0.0) >= *cap {
+                return Ok(Some(*refusal));
+            }
+        }
+        Ok(None)
+    }
+
+    /// Count a refusal and tell the sender, once per reason and day.
+    pub async fn refuse(&self, candidate: &Candidate, refusal: Refusal) -> Result<(), QueueError> {
+        metrics::counter!("switchboard_admission_refused_total", "reason" => refusal.label())
+            .increment(1);
+        tracing::info!(conversation = %candidate.message.conversation, reason = refusal.label(), "message refused");
+        let settings = self.settings();
+        if !settings.refusal_replies || !refusal.tell() {
+            return Ok(());
+        }
+        let Destination::Slack { team, .. } = &candidate.destination else {
+            return Ok(());
+        };
+        let now = self.now();
+        let mark = format!(
+            "told:{}:{team}:{}:{}",
+            day(now),
+            candidate.message.sender,
+            refusal.label()
+        );
+        let key = self
+            .queue
+            .keys()
+            .for_conversation(&candidate.message.conversation)
+            .mark(&mark);
+        let mut conn = self.queue.connection().await?;
+        let first: bool = redis::cmd("SET")
+            .arg(&key)
+            .arg(1)
+            .arg("NX")
+            .arg("EX")
+            .arg(86_400)
+            .query_async::<Option<String>>(&mut *conn)
+            .await?
+            .is_some();
+        drop(conn);
+        if first {
+            let text = refusal_text(refusal, now);
+            let reply_id = format!(
+                "{}/notice/{}",
+                candidate.message.conversation, candidate.message.external_id
+            );
+            self.queue
+                .notice(
+                    &candidate.message.conversation,
+                    &candidate.destination,
+                    &reply_id,
+                    &text,
+                )
+                .await?;
+        }
+        Ok(())
+    }
+
+    /// After a message was queued: when conversations wait ahead of it,
+    /// tell its sender their place in line (once, for this message).
+    pub async fn tell_position(&self, candidate: &Candidate) -> Result<(), QueueError> {
+        let cid = &candidate.message.conversation;
+        let Some(ahead) = self.queue.ahead_of(cid).await? else {
+            return Ok(());
+        };
+        if ahead == 0 {
+            return Ok(());
+        }
+        let reply_id = format!("{cid}/queued/{}", candidate.message.external_id);
+        let text = format!("Queued: {ahead} ahead of you. I will answer here as soon as I can.");
+        self.queue
+            .notice(cid, &candidate.destination, &reply_id, &text)
+            .await
+    }
+
+    fn now(&self) -> SystemTime {
+        (self.clock)()
+    }
+}
+
+/// Charge a finished turn's cost to its user, channel and workspace for the
+/// UTC day of `now` (called by workers after a commit).
+pub async fn charge(
+    queue: &Queue,
+    destination: &Destination,
+    user: &str,
+    cost_usd: f64,
+    now: SystemTime,
+) -> Result<(), QueueError> {
+    let Destination::Slack { team, channel, .. } = destination else {
+        return Ok(());
+    };
+    let key = queue.keys().shard(0).usage(&day(now));
+    let mut conn = queue.connection().await?;
+    redis::pipe()
+        .cmd("HINCRBYFLOAT")
+        .arg(&key)
+        .arg(format!("spend:user:{team}:{user}"))
+        .arg(cost_usd)
+        .ignore()
+        .cmd("HINCRBYFLOAT")
+        .arg(&key)
+        .arg(format!("spend:channel:{team}:{channel}"))
+        .arg(cost_usd)
+        .ignore()
+        .cmd("HINCRBYFLOAT")
+        .arg(&key)
+        .arg(format!("spend:team:{team}"))
+        .arg(cost_usd)
+        .ignore()
+        .cmd("HINCRBY")
+        .arg(&key)
+        .arg(format!("turns:user:{team}:{user}"))
+        .arg(1)
+        .ignore()
+        .expire(&key, 8 * 86_400)
+        .ignore()
+        .query_async::<()>(&mut *conn)
+        .await?;
+    Ok(())
+}
+
+/// Spend and turn counts of one UTC day, for `/admin/usage`.
+pub async fn usage(
+    queue: &Queue,
+    day: &str,
+) -> Result<std::collections::BTreeMap<String, f64>, QueueError> {
+    let key = queue.keys().shard(0).usage(day);
+    let mut conn = queue.connection().await?;
+    Ok(redis::cmd("HGETALL")
+        .arg(key)
+        .query_async(&mut *conn)
+        .await?)
+}
+
+/// The UTC day of `now`, as `YYYY-MM-DD`.
+pub fn day(now: SystemTime) -> String {
+    let days = now
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs() / 86_400)
+        .unwrap_or(0) as i64;
+    let (y, m, d) = civil_from_days(days);
+    format!("{y:04}-{m:02}-{d:02}")
+}
+
+/// Days since 1970-01-01 to (year, month, day) (H. Hinnant's algorithm).
+fn civil_from_days(z: i64) -> (i64, u32, u32) {
+    let z = z + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = (doy - (153 * mp + 2) / 5 + 1) as u32;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 } as u32;
+    let y = yoe + era * 400 + i64::from(m <= 2);
+    (y, m, d)
+}
+
+fn refusal_text(refusal: Refusal, now: SystemTime) -> String {
+    let secs = now
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0);
+    let left = Duration::from_secs(86_400 - secs % 86_400);
+    let reset = format!(
+        "It resets at 00:00 UTC, in {}h {}m.",
+        left.as_secs() / 3600,
+        left.as_secs() % 3600 / 60
+    );
+    match refusal {
+        Refusal::Channel => "Sorry, I am not available in this channel.".into(),
+        Refusal::User => "Sorry, I am not set up to take requests from you.".into(),
+        Refusal::External => "Sorry, I only take requests from members of this organisation.".into(),
+        Refusal::UserRate | Refusal::ChannelRate => {
+            "You are sending messages faster than I can take them; please wait a minute and try again.".into()
+        }
+        Refusal::Busy => "I am busy right now; please try again later.".into(),
+        Refusal::UserBudget => format!("You have reached today's budget for requests. {reset}"),
+        Refusal::ChannelBudget => format!("This channel has reached today's budget for requests. {reset}"),
+        Refusal::WorkspaceBudget => format!("This workspace has reached today's budget for requests. {reset}"),
+        Refusal::Bot | Refusal::BotLoop => String::new(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn utc_days() {
+        assert_eq!(day(UNIX_EPOCH), "1970-01-01");
+        assert_eq!(
+            day(UNIX_EPOCH + Duration::from_secs(1_795_651_200)),
+            "2026-11-26"
+        );
+        assert_eq!(
+            day(UNIX_EPOCH + Duration::from_secs(951_782_400)),
+            "2000-02-29"
+        );
+    }
+
+    #[test]
+    fn budget_refusals_say_when_they_reset() {
+        let t = UNIX_EPOCH + Duration::from_secs(1_795_651_200 + 22 * 3600 + 30 * 60);
+        let text = refusal_text(Refusal::UserBudget, t);
+        assert!(text.contains("in 1h 30m"), "{text}");
+    }
+}
