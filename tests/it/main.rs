@@ -1,5 +1,6 @@
 //! One integration-test binary; each module covers one area.
 
+mod admission;
 mod agent;
 mod anthropic_stub;
 mod claude_cli;
