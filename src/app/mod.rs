@@ -12,6 +12,7 @@ use tokio_util::task::TaskTracker;
 
 use crate::config::Settings;
 use crate::egress::Egress;
+use crate::egress::email::EmailDelivery;
 use crate::egress::slack::deliver::SlackDelivery;
 use crate::egress::slack::{DEFAULT_TIMEOUT, SlackApi};
 use crate::http::{GatewayState, admin_router, gateway_router};
@@ -138,6 +139,14 @@ impl Application {
         self.start_pool(&tasks, &shutdown)?;
         if self.role.runs_gateway() {
             tasks.spawn(self.egress()?.run(shutdown.clone()));
+            crate::ingress::email::start_watchers(
+                &self.settings.email,
+                &self.settings.secrets.mail_passwords,
+                &self.queue,
+                &format!("gateway-{}", pool::process_name()),
+                &tasks,
+                &shutdown,
+            )?;
         }
         if let Some(listener) = self.gateway {
             let router = gateway_router(GatewayState {
@@ -190,10 +199,23 @@ impl Application {
                 None
             }
         };
+        let email = if self.settings.email.mailboxes.is_empty() {
+            None
+        } else {
+            Some(
+                EmailDelivery::new(
+                    self.queue.clone(),
+                    &self.settings.email.mailboxes,
+                    &self.settings.secrets.mail_passwords,
+                )
+                .context("SMTP senders")?,
+            )
+        };
         let holder = format!("gateway-{}", pool::process_name());
         Ok(Egress::new(
             self.queue.clone(),
             slack,
+            email,
             holder,
             self.settings.redis.blocking_read,
         ))

@@ -23,6 +23,7 @@ impl Default for super::Settings {
             pool: crate::pool::PoolSettings::default(),
             agent: crate::agent::AgentSettings::default(),
             egress: EgressSettings::default(),
+            email: super::EmailSettings::default(),
             secrets: super::Secrets::default(),
         }
     }
