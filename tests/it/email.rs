@@ -446,7 +446,16 @@ async fn email_idle_latency_from_smtp_accept_to_queued() {
     let mut latencies = Vec::with_capacity(n);
     for i in 0..n {
         let id = format!("l{i}@example.test");
-        let accepted = world.send(ANN, &mail(ANN, &format!("Latency {i}"), &id, "", "ping"));
+        let raw = mail(ANN, &format!("Latency {i}"), &id, "", "ping");
+        let accepted = if std::env::var_os("EMAIL_BENCH_LMTP").is_some() {
+            world.servers.deliver_lmtp(ANN, BOT, &raw);
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map(|d| d.as_millis() as u64)
+                .unwrap_or(0)
+        } else {
+            world.send(ANN, &raw)
+        };
         let key = format!(
             "{}:{{s0}}:inbox:email:{MAILBOX}:{id}",
             world.settings.redis.key_prefix
