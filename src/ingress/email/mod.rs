@@ -12,6 +12,8 @@ pub mod connect;
 pub mod guard;
 pub mod intake;
 pub mod parse;
+#[cfg(test)]
+mod parse_fuzz;
 pub mod state;
 pub mod watcher;
 

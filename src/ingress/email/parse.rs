@@ -63,6 +63,8 @@ pub enum ParseError {
     BrokenMime(String),
     #[error("unknown charset {0:?}")]
     UnknownCharset(String),
+    #[error("broken MIME: the parser gave up on this structure")]
+    ParserFailed,
     #[error("message of {size} bytes is larger than the {max}-byte limit")]
     TooLarge { size: u64, max: u64 },
 }
@@ -76,6 +78,7 @@ impl ParseError {
             ParseError::BrokenMime(_) => "broken_mime",
             ParseError::UnknownCharset(_) => "unknown_charset",
             ParseError::TooLarge { .. } => "too_large",
+            ParseError::ParserFailed => "parser_failed",
         }
     }
 }
@@ -100,8 +103,10 @@ pub fn parse(raw: &[u8], max_bytes: u64) -> Result<ParsedMail, ParseError> {
             max: max_bytes,
         });
     }
-    let message = MessageParser::default()
-        .parse(raw)
+    // mail-parser has internal consistency checks that could panic on odd
+    // structures; a mail must never take its watcher down with it.
+    let message = std::panic::catch_unwind(|| MessageParser::default().parse(raw))
+        .map_err(|_| ParseError::ParserFailed)?
         .ok_or(ParseError::Unparseable)?;
     if message.headers().is_empty() {
         return Err(ParseError::Unparseable);
