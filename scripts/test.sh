@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The whole test suite, on a fresh machine: installs what is missing
-# (redis-server from Debian's packages, the pinned Claude Code CLI from PyPI
-# into .tools/claude), then checks formatting and lints, and runs every
+# (redis-server, and Dovecot and Exim for the email tests, from Debian's
+# packages; the pinned Claude Code CLI from PyPI into .tools/claude), then checks formatting and lints, and runs every
 # test. `.ci/run` calls exactly this.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -10,6 +10,10 @@ as_root() { if [ "$(id -u)" -eq 0 ]; then "$@"; else sudo "$@"; fi; }
 
 missing=()
 command -v redis-server >/dev/null || missing+=(redis-server)
+# The email tests start their own Dovecot (IMAP + LMTP) and Exim (SMTP).
+command -v dovecot >/dev/null || missing+=(dovecot-imapd)
+[ -x /usr/lib/dovecot/lmtp ] || missing+=(dovecot-lmtpd)
+command -v exim >/dev/null || missing+=(exim4-daemon-light)
 if [ ${#missing[@]} -gt 0 ]; then
   echo "== installing: ${missing[*]}"
   as_root apt-get update -qq

@@ -14,6 +14,7 @@ use tokio_util::task::TaskTracker;
 use crate::admission::Admission;
 use crate::config::Settings;
 use crate::egress::Egress;
+use crate::egress::email::EmailDelivery;
 use crate::egress::slack::deliver::SlackDelivery;
 use crate::egress::slack::{DEFAULT_TIMEOUT, SlackApi};
 use crate::http::{GatewayState, ReadinessCheck, admin_router, gateway_router};
@@ -174,6 +175,14 @@ impl Application {
                 readiness.push(Arc::new(move || health.check()) as ReadinessCheck);
                 tasks.spawn(socket.run(shutdown.clone()));
             }
+            crate::ingress::email::start_watchers(
+                &self.settings.email,
+                &self.settings.secrets.mail_passwords,
+                &self.queue,
+                &format!("gateway-{}", pool::process_name()),
+                &tasks,
+                &shutdown,
+            )?;
         }
         let slack_events = match self.gateway.is_some() {
             true => self.slack_events_router()?,
@@ -234,10 +243,23 @@ impl Application {
                 None
             }
         };
+        let email = if self.settings.email.mailboxes.is_empty() {
+            None
+        } else {
+            Some(
+                EmailDelivery::new(
+                    self.queue.clone(),
+                    &self.settings.email.mailboxes,
+                    &self.settings.secrets.mail_passwords,
+                )
+                .context("SMTP senders")?,
+            )
+        };
         let holder = format!("gateway-{}", pool::process_name());
         Ok(Egress::new(
             self.queue.clone(),
             slack,
+            email,
             holder,
             self.settings.redis.blocking_read,
         ))

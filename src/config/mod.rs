@@ -5,6 +5,7 @@
 //! Loaded and validated once, before anything starts. This is the only module
 //! that reads the process environment.
 
+mod email;
 mod secret;
 mod sections;
 
@@ -15,6 +16,7 @@ use figment::Figment;
 use figment::providers::{Env, Format, Serialized, Toml};
 use serde::{Deserialize, Serialize};
 
+pub use email::{EmailSettings, MailboxSettings, TlsMode, is_loopback_host};
 pub use secret::Secret;
 pub use sections::*;
 
@@ -62,6 +64,7 @@ pub struct Settings {
     /// The file these settings came from (for reloads); not a setting.
     #[serde(skip)]
     pub source: Option<PathBuf>,
+    pub email: EmailSettings,
     /// Secrets, from the environment or the files named above; never serialized.
     #[serde(skip)]
     pub secrets: Secrets,
@@ -83,6 +86,9 @@ pub struct Secrets {
     pub admin_token: Option<Secret>,
     /// `ANTHROPIC_API_KEY`: the agent's own API key, passed to agents only.
     pub anthropic_api_key: Option<Secret>,
+    /// Mail passwords, by the environment variable a mailbox names
+    /// (`imap_password_env`, `smtp_password_env`). Unset ones are absent.
+    pub mail_passwords: std::collections::BTreeMap<String, Secret>,
 }
 
 impl Settings {
@@ -160,6 +166,9 @@ impl Settings {
         if let Err((field, reason)) = self.admission.check() {
             return invalid(field, reason);
         }
+        if let Err((field, reason)) = self.email.check() {
+            return invalid(field, reason);
+        }
         if self.egress.update_interval < std::time::Duration::from_millis(100) {
             return invalid("egress.update_interval", "must be at least 100ms");
         }
@@ -204,6 +213,9 @@ impl Settings {
             };
             out.push_str(&format!("# {name} = {shown}\n"));
         }
+        for name in self.secrets.mail_passwords.keys() {
+            out.push_str(&format!("# {name} = [redacted]\n"));
+        }
         out
     }
 }
@@ -237,6 +249,7 @@ impl Secrets {
                 "agent.api_key_file",
                 &settings.agent.api_key_file,
             )?,
+            mail_passwords: mail_passwords(&settings.email),
         })
     }
 
@@ -250,6 +263,21 @@ impl Secrets {
             ("ANTHROPIC_API_KEY", &self.anthropic_api_key),
         ]
     }
+}
+
+/// The passwords the mailboxes name, from the environment (unset or empty
+/// ones are left out: the gateway refuses to start a mailbox without them,
+/// while a worker, which holds no mail password, never needs them).
+fn mail_passwords(email: &EmailSettings) -> std::collections::BTreeMap<String, Secret> {
+    let names = email.mailboxes.iter().flat_map(|m| {
+        std::iter::once(m.imap_password_env.clone()).chain(m.smtp_password_env.clone())
+    });
+    names
+        .filter_map(|var| match std::env::var(&var) {
+            Ok(value) if !value.is_empty() => Some((var, Secret::new(value))),
+            _ => None,
+        })
+        .collect()
 }
 
 /// A secret from environment variable `var`, else from the file `file`

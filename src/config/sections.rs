@@ -26,6 +26,7 @@ impl Default for super::Settings {
             egress: EgressSettings::default(),
             admission: crate::admission::AdmissionSettings::default(),
             source: None,
+            email: super::EmailSettings::default(),
             secrets: super::Secrets::default(),
         }
     }

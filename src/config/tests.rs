@@ -51,3 +51,46 @@ fn rendered_config_reparses_and_hides_secrets() {
     let again = Settings::from_toml_str(&text).expect("rendered config parses");
     assert_eq!(again.redis.pool_size, settings.redis.pool_size);
 }
+
+const MAILBOX: &str = r#"
+[[email.mailboxes]]
+name = "support"
+imap_host = "HOST"
+imap_port = 143
+imap_tls = "plain"
+imap_user = "bot@example.com"
+imap_password_env = "SUPPORT_IMAP_PASSWORD"
+smtp_host = "127.0.0.1"
+smtp_port = 25
+smtp_tls = "plain"
+from_address = "bot@example.com"
+"#;
+
+#[test]
+fn email_plain_tls_is_only_allowed_for_loopback_hosts() {
+    let ok = Settings::from_toml_str(&MAILBOX.replace("HOST", "127.0.0.1")).expect("loopback");
+    assert_eq!(ok.email.mailboxes.len(), 1);
+    assert_eq!(ok.email.mailboxes[0].folder, "INBOX");
+    assert!(ok.email.mailboxes[0].allow.is_empty(), "nobody by default");
+    let err = Settings::from_toml_str(&MAILBOX.replace("HOST", "imap.example.com"))
+        .expect_err("plain off loopback");
+    assert!(
+        err.to_string().contains("email.mailboxes.imap_tls"),
+        "{err}"
+    );
+}
+
+#[test]
+fn email_mail_passwords_are_redacted_in_the_rendered_config() {
+    let mut settings = Settings::from_toml_str(&MAILBOX.replace("HOST", "localhost")).expect("ok");
+    settings
+        .secrets
+        .mail_passwords
+        .insert("SUPPORT_IMAP_PASSWORD".into(), Secret::new("hunter2-imap"));
+    let text = settings.render_redacted();
+    assert!(!text.contains("hunter2-imap"));
+    assert!(
+        text.contains("SUPPORT_IMAP_PASSWORD = [redacted]"),
+        "{text}"
+    );
+}

@@ -17,6 +17,7 @@ use tokio_util::task::TaskTracker;
 use crate::domain::{ConversationId, Destination};
 use crate::queue::{OutboxEntry, OutboxKind, Queue};
 
+use super::email::{EmailDelivery, EmailTarget};
 use super::slack::deliver::{Delivered, SlackDelivery, SlackTarget};
 
 /// How long an egress lease lasts without renewal.
@@ -35,6 +36,7 @@ pub struct Egress {
 struct Inner {
     queue: Queue,
     slack: Option<SlackDelivery>,
+    email: Option<EmailDelivery>,
     /// This gateway's name for the egress lease.
     holder: String,
     block: Duration,
@@ -44,6 +46,7 @@ impl Egress {
     pub fn new(
         queue: Queue,
         slack: Option<SlackDelivery>,
+        email: Option<EmailDelivery>,
         holder: String,
         block: Duration,
     ) -> Self {
@@ -51,6 +54,7 @@ impl Egress {
             inner: Arc::new(Inner {
                 queue,
                 slack,
+                email,
                 holder,
                 block,
             }),
@@ -209,7 +213,25 @@ impl Egress {
                     Err(_) => Delivered::Retry(Duration::from_secs(1)),
                 }
             }
-            Destination::Email { .. } => Delivered::Dead("email replies are not configured".into()),
+            Destination::Email {
+                mailbox,
+                to,
+                subject,
+                message_id,
+                references,
+            } => match &self.inner.email {
+                Some(email) => {
+                    let target = EmailTarget {
+                        mailbox,
+                        to,
+                        subject,
+                        message_id,
+                        references,
+                    };
+                    email.deliver(entry, target).await
+                }
+                None => Delivered::Dead("email replies are not configured".into()),
+            },
         }
     }
 }

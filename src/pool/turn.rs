@@ -371,8 +371,13 @@ pub fn format_batch(messages: &[QueuedMessage]) -> String {
         };
         out.push_str(&format!("{who}: {}", m.text));
         for f in &m.files {
+            // Email attachments are saved locally: tell the agent where.
+            let saved = match &f.url {
+                Some(path) if path.starts_with('/') => format!(", saved at {path}"),
+                _ => String::new(),
+            };
             out.push_str(&format!(
-                "\n[attached file: {} ({}, {} bytes)]",
+                "\n[attached file: {} ({}, {} bytes){saved}]",
                 f.name,
                 f.mimetype.as_deref().unwrap_or("unknown type"),
                 f.size

@@ -141,6 +141,14 @@ impl ShardKeys {
     pub fn dead(&self) -> String {
         format!("{}:dead", self.base)
     }
+    /// Hash: an IMAP mailbox's progress (`uidvalidity`, `last_uid`).
+    pub fn email_mailbox(&self, mailbox: &str) -> String {
+        format!("{}:email:{}", self.base, mailbox)
+    }
+    /// Counter with TTL: replies queued for one email thread in one hour.
+    pub fn email_rate(&self, mailbox: &str, thread: &str, hour: u64) -> String {
+        format!("{}:email-rate:{}:{}:{}", self.base, mailbox, thread, hour)
+    }
 }
 
 /// The KEYS of each script, in the order the script reads them. Every list

@@ -125,6 +125,38 @@ impl Queue {
         Ok(())
     }
 
+    /// An inbound message that can never be queued (e.g. broken MIME, too
+    /// large): into shard 0's dead-letter stream with the reason, so an
+    /// operator sees it. `source` names it (e.g. `email:support:uid:7:42`).
+    pub async fn dead_letter_inbound(
+        &self,
+        source: &str,
+        reason: &str,
+        detail: &str,
+    ) -> Result<(), QueueError> {
+        let k = self.keys().shard(0);
+        let at_ms = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_millis().to_string())
+            .unwrap_or_default();
+        let mut conn = self.conn().await?;
+        redis::cmd("XADD")
+            .arg(k.dead())
+            .arg("*")
+            .arg(&[
+                ("cid", source),
+                ("reason", reason),
+                ("attempts", "0"),
+                ("batch", ""),
+                ("messages", "[]"),
+                ("detail", detail),
+                ("at_ms", at_ms.as_str()),
+            ])
+            .query_async::<String>(&mut *conn)
+            .await?;
+        Ok(())
+    }
+
     /// Take `tokens` from the shared bucket `name` (refilled at `rate` per
     /// second up to `burst`), only if `reserve` more would remain. Returns
     /// how long to wait when short.
