@@ -13,7 +13,7 @@ use crate::domain::{ConversationId, Destination};
 use crate::ingress::slack::Candidate;
 use crate::queue::{Queue, QueueError};
 
-pub use policy::{Refusal, Sender};
+pub use policy::{Refusal, Sender, email_sender_allowed};
 pub use settings::{AdmissionSettings, WorkspacePolicy};
 
 /// The wall clock admission reads (injected in tests).

@@ -80,6 +80,22 @@ pub fn check(settings: &AdmissionSettings, sender: &Sender<'_>) -> Result<(), Re
     Ok(())
 }
 
+/// Email: whether a sender `address` is on a mailbox's allow-list (an
+/// empty list lets nobody in). Whether `address` matches an entry: a full address, or a domain (with
+/// or without a leading `@`).
+pub fn email_sender_allowed(address: &str, allow: &[String]) -> bool {
+    let address = address.to_ascii_lowercase();
+    let domain = address.rsplit_once('@').map(|(_, d)| d).unwrap_or_default();
+    allow.iter().any(|entry| {
+        let entry = entry.trim().to_ascii_lowercase();
+        if entry.contains('@') && !entry.starts_with('@') {
+            entry == address
+        } else {
+            entry.trim_start_matches('@') == domain
+        }
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::super::settings::WorkspacePolicy;

@@ -85,20 +85,9 @@ fn is_automated_address(address: &str) -> bool {
         || squashed.starts_with("donotreply")
 }
 
-/// Whether `address` matches an entry: a full address, or a domain (with
-/// or without a leading `@`).
-pub fn allowed(address: &str, allow: &[String]) -> bool {
-    let address = address.to_ascii_lowercase();
-    let domain = address.rsplit_once('@').map(|(_, d)| d).unwrap_or_default();
-    allow.iter().any(|entry| {
-        let entry = entry.trim().to_ascii_lowercase();
-        if entry.contains('@') && !entry.starts_with('@') {
-            entry == address
-        } else {
-            entry.trim_start_matches('@') == domain
-        }
-    })
-}
+/// The mailbox's sender allow-list: the same policy module as Slack's
+/// admission lists.
+pub use crate::admission::email_sender_allowed as allowed;
 
 #[cfg(test)]
 mod tests {
