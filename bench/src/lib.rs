@@ -64,7 +64,9 @@ pub struct Outcome {
 pub async fn run(opts: Opts) -> anyhow::Result<Outcome> {
     let started = Instant::now();
     let bins = Bins::in_dir(&opts.bin_dir)?;
-    let tmp = tempfile::Builder::new().prefix("switchboard-bench").tempdir()?;
+    let tmp = tempfile::Builder::new()
+        .prefix("switchboard-bench")
+        .tempdir()?;
     let dir = std::path::absolute(tmp.path())?;
     let stub = SlackStub::start().await?;
     let spec = StackSpec::serve("main", opts.slots, opts.min_fresh);
@@ -74,7 +76,14 @@ pub async fn run(opts: Opts) -> anyhow::Result<Outcome> {
         log!("keeping the run's files in {}", dir.display());
     }
     let keep = opts.keep_dir;
-    let ctx = Ctx { opts, bins, dir, http: events::client()?, stub, main };
+    let ctx = Ctx {
+        opts,
+        bins,
+        dir,
+        http: events::client()?,
+        stub,
+        main,
+    };
     let mut rows = Vec::new();
     let mut raw = serde_json::Map::new();
     let mut failed = Vec::new();
@@ -112,7 +121,11 @@ pub async fn run(opts: Opts) -> anyhow::Result<Outcome> {
     log!("phase 7: memory");
     let at = Instant::now();
     let messages = agentlog::turns(&agentlog::read(&ctx.main.stdin_log)).len();
-    record("7 memory", phases::e2e::memory(&ctx, &idle, messages).await, at);
+    record(
+        "7 memory",
+        phases::e2e::memory(&ctx, &idle, messages).await,
+        at,
+    );
     // Instruction counts do not care that the main stack idles meanwhile.
     log!("phase 8: instructions per event (callgrind)");
     let at = Instant::now();
@@ -130,7 +143,12 @@ pub async fn run(opts: Opts) -> anyhow::Result<Outcome> {
     if keep {
         let _kept = tmp.keep();
     }
-    Ok(Outcome { rows, table, results, failed })
+    Ok(Outcome {
+        rows,
+        table,
+        results,
+        failed,
+    })
 }
 
 fn skipped(phase: &str, why: &str) -> PhaseOut {
@@ -172,5 +190,6 @@ fn write_results(
 /// `bench/results/<date>.json` under `root`.
 pub fn default_out(root: &Path) -> PathBuf {
     let when = humantime::format_rfc3339_seconds(std::time::SystemTime::now()).to_string();
-    root.join("bench/results").join(format!("{}.json", when.replace(':', "-")))
+    root.join("bench/results")
+        .join(format!("{}.json", when.replace(':', "-")))
 }

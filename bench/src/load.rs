@@ -120,7 +120,8 @@ pub async fn closed_loop(
     let start = Instant::now();
     let mut tasks = JoinSet::new();
     for _ in 0..connections {
-        let (http, url, events, next) = (http.clone(), url.to_string(), events.clone(), next.clone());
+        let (http, url, events, next) =
+            (http.clone(), url.to_string(), events.clone(), next.clone());
         tasks.spawn(async move {
             let mut out = Vec::new();
             loop {

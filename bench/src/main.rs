@@ -50,7 +50,13 @@ async fn main() -> anyhow::Result<()> {
         Cmd::Reference { listen, redis_url } => {
             switchboard_bench::reference::serve(listen, &redis_url).await
         }
-        Cmd::All { quick, keep_dir, no_cpu, bin_dir, out } => {
+        Cmd::All {
+            quick,
+            keep_dir,
+            no_cpu,
+            bin_dir,
+            out,
+        } => {
             let exe = std::env::current_exe()?;
             let bin_dir = match bin_dir {
                 Some(dir) => dir,

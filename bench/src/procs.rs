@@ -144,7 +144,10 @@ impl Redis {
             let client = client.clone();
             async move {
                 match client.get_multiplexed_async_connection().await {
-                    Ok(mut c) => redis::cmd("PING").query_async::<String>(&mut c).await.is_ok(),
+                    Ok(mut c) => redis::cmd("PING")
+                        .query_async::<String>(&mut c)
+                        .await
+                        .is_ok(),
                     Err(_) => false,
                 }
             }

@@ -102,7 +102,13 @@ impl RefServer {
             None => Command::new(&bins.bench),
         };
         command
-            .args(["reference", "--listen", &addr.to_string(), "--redis-url", &redis.url])
+            .args([
+                "reference",
+                "--listen",
+                &addr.to_string(),
+                "--redis-url",
+                &redis.url,
+            ])
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::null());

@@ -76,7 +76,10 @@ impl Stack {
         let admin: SocketAddr = format!("127.0.0.1:{}", free_port()?).parse()?;
         let stdin_log = dir.join("stdin.log");
         let config = dir.join("switchboard.toml");
-        std::fs::write(&config, config_text(bins, &dir, &spec, gateway, admin, slack_api))?;
+        std::fs::write(
+            &config,
+            config_text(bins, &dir, &spec, gateway, admin, slack_api),
+        )?;
         let stderr_log = dir.join("stderr.log");
         let stderr = std::fs::File::create(&stderr_log)?;
         let mut command = match &spec.callgrind_out {
@@ -102,8 +105,14 @@ impl Stack {
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(stderr);
-        let serve = Proc::spawn(&format!("switchboard {} ({})", spec.role, spec.name), &mut command)?;
-        let pool = switchboard::store::connect(&Secret::new(redis.url.clone()), &RedisSettings::default())?;
+        let serve = Proc::spawn(
+            &format!("switchboard {} ({})", spec.role, spec.name),
+            &mut command,
+        )?;
+        let pool = switchboard::store::connect(
+            &Secret::new(redis.url.clone()),
+            &RedisSettings::default(),
+        )?;
         let settings = QueueSettings {
             inbox_cap: 1_000_000,
             ..QueueSettings::default()
@@ -125,17 +134,29 @@ impl Stack {
 
     async fn wait_ready(&self) -> anyhow::Result<()> {
         let http = reqwest::Client::new();
-        let slow = if self.spec.callgrind_out.is_some() { 120 } else { 30 };
+        let slow = if self.spec.callgrind_out.is_some() {
+            120
+        } else {
+            30
+        };
         wait_for("the gateway's /readyz", Duration::from_secs(slow), || {
             get_ok(&http, self.gateway, "/readyz")
         })
         .await
-        .with_context(|| format!("stack {} (see {})", self.spec.name, self.stderr_log.display()))?;
+        .with_context(|| {
+            format!(
+                "stack {} (see {})",
+                self.spec.name,
+                self.stderr_log.display()
+            )
+        })?;
         if self.spec.role == "serve" {
             let want = self.spec.slots as usize;
-            wait_for("every slot's agent to be ready", Duration::from_secs(30), || async {
-                self.ready_pids().len() >= want
-            })
+            wait_for(
+                "every slot's agent to be ready",
+                Duration::from_secs(30),
+                || async { self.ready_pids().len() >= want },
+            )
             .await?;
             // The worker marks its slots fresh just after the agents answer.
             tokio::time::sleep(Duration::from_millis(300)).await;
@@ -170,7 +191,11 @@ impl Stack {
 
     /// Stop Switchboard (SIGTERM, orderly), then Redis.
     pub fn stop(mut self) {
-        let grace = if self.spec.callgrind_out.is_some() { 90 } else { 20 };
+        let grace = if self.spec.callgrind_out.is_some() {
+            90
+        } else {
+            20
+        };
         self.serve.stop(Duration::from_secs(grace));
     }
 }
@@ -229,7 +254,11 @@ slack_post_burst = 1000000.0
 "#,
         name = spec.name,
         dir = dir.display(),
-        runtime = if spec.role == "serve" { "process" } else { "external" },
+        runtime = if spec.role == "serve" {
+            "process"
+        } else {
+            "external"
+        },
         slots = spec.slots,
         min_fresh = spec.min_fresh,
         agent = bins.agent.display(),

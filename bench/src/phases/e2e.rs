@@ -22,13 +22,22 @@ fn channel(tag: &str, round: usize, lane: usize, k: usize, turns: usize) -> Stri
 }
 
 /// One gateway round: messages answered per second.
-async fn gateway_round(ctx: &Ctx, signer: &Arc<Signer>, round: usize, per_lane: usize) -> (usize, f64) {
+async fn gateway_round(
+    ctx: &Ctx,
+    signer: &Arc<Signer>,
+    round: usize,
+    per_lane: usize,
+) -> (usize, f64) {
     let started = Instant::now();
     let deadline = started + ctx.opts.max_loop * 6;
     let tasks: Vec<_> = (0..ctx.opts.lanes())
         .map(|lane| {
-            let (http, url, stub, signer) =
-                (ctx.http.clone(), ctx.main.events_url(), ctx.stub.clone(), signer.clone());
+            let (http, url, stub, signer) = (
+                ctx.http.clone(),
+                ctx.main.events_url(),
+                ctx.stub.clone(),
+                signer.clone(),
+            );
             let turns = ctx.opts.turns_per_conversation;
             tokio::spawn(async move {
                 let mut done = 0;
@@ -57,7 +66,12 @@ async fn gateway_round(ctx: &Ctx, signer: &Arc<Signer>, round: usize, per_lane: 
 }
 
 /// One pipeline round: messages through the bare pipeline per second.
-async fn pipeline_round(ctx: &Ctx, lanes: Vec<Lane>, round: usize, per_lane: usize) -> (Vec<Lane>, usize, f64) {
+async fn pipeline_round(
+    ctx: &Ctx,
+    lanes: Vec<Lane>,
+    round: usize,
+    per_lane: usize,
+) -> (Vec<Lane>, usize, f64) {
     let started = Instant::now();
     let deadline = started + ctx.opts.max_loop * 6;
     let turns = ctx.opts.turns_per_conversation;
@@ -69,6 +83,13 @@ async fn pipeline_round(ctx: &Ctx, lanes: Vec<Lane>, round: usize, per_lane: usi
                 let mut done = 0;
                 for k in 0..per_lane {
                     if Instant::now() > deadline {
+                        break;
+                    }
+                    if k > 0
+                        && k % turns == 0
+                        && let Err(e) = lane.new_conversation().await
+                    {
+                        eprintln!("pipeline lane {i}: {e:#}");
                         break;
                     }
                     let text = format!("bm{} ", 900_000_000 + k);
@@ -106,7 +127,11 @@ pub async fn e2e(ctx: &Ctx) -> anyhow::Result<PhaseOut> {
     let per_lane = ctx.opts.n_e2e / ctx.opts.rounds / ctx.opts.lanes();
     let (mut gw, mut rf, mut raw) = (Vec::new(), Vec::new(), Vec::new());
     for r in 0..ctx.opts.rounds {
-        let order = if r % 2 == 0 { [true, false] } else { [false, true] };
+        let order = if r % 2 == 0 {
+            [true, false]
+        } else {
+            [false, true]
+        };
         for is_gw in order {
             if is_gw {
                 let (done, rate) = gateway_round(ctx, &signer, r, per_lane).await;
@@ -125,13 +150,22 @@ pub async fn e2e(ctx: &Ctx) -> anyhow::Result<PhaseOut> {
     drop(lanes);
     let ratio = ratio_median(&gw, &rf);
     let rows = vec![
-        Row::new("6", &format!("e2e replies/s, {} warm conversations, think 0", ctx.opts.lanes()),
-            format!("{}/s", num(median(&gw))))
-            .reference(format!("{}/s pipeline", num(median(&rf))))
-            .ratio(ratio)
-            .goal(">= 0.5x", ratio >= 0.5),
+        Row::new(
+            "6",
+            &format!(
+                "e2e replies/s, {} warm conversations, think 0",
+                ctx.opts.lanes()
+            ),
+            format!("{}/s", num(median(&gw))),
+        )
+        .reference(format!("{}/s pipeline", num(median(&rf))))
+        .ratio(ratio)
+        .goal(">= 0.5x", ratio >= 0.5),
     ];
-    Ok(PhaseOut { rows, raw: json!({"lanes": ctx.opts.lanes(), "rounds": raw}) })
+    Ok(PhaseOut {
+        rows,
+        raw: json!({"lanes": ctx.opts.lanes(), "rounds": raw}),
+    })
 }
 
 /// Memory of the main stack, before (idle) and now.
@@ -143,7 +177,10 @@ pub struct Memory {
 impl Memory {
     pub fn of(stack: &crate::stack::Stack) -> Self {
         let (gateway_kib, workers_kib) = stack.memory();
-        Self { gateway_kib, workers_kib }
+        Self {
+            gateway_kib,
+            workers_kib,
+        }
     }
 
     fn worker(&self) -> f64 {
@@ -162,16 +199,35 @@ pub async fn memory(ctx: &Ctx, idle: &Memory, messages: usize) -> anyhow::Result
     let per_slot_after = (after.worker() - single.worker()) / (slots - 1.0).max(1.0);
     let mib = |k: u64| k as f64 / 1024.0;
     let rows = vec![
-        Row::new("7", "gateway RSS idle", format!("{} MiB", num(mib(idle.gateway_kib))))
-            .goal("<= 30 MB", mib(idle.gateway_kib) <= 30.0),
-        Row::new("7", &format!("gateway RSS after {messages} messages"), format!("{} MiB", num(mib(after.gateway_kib)))),
-        Row::new("7", &format!("worker RSS idle / after, {} slots", ctx.opts.slots),
-            format!("{} / {} MiB", num(idle.worker()), num(after.worker())))
-            .reference(format!("{} MiB with 1 slot", num(single.worker()))),
-        Row::new("7", "worker overhead per extra slot, idle", format!("{} MiB", num(per_slot_idle)))
-            .goal("<= 1 MB", per_slot_idle <= 1.0),
-        Row::new("7", "worker overhead per extra slot, after load", format!("{} MiB", num(per_slot_after)))
-            .note("agents not counted"),
+        Row::new(
+            "7",
+            "gateway RSS idle",
+            format!("{} MiB", num(mib(idle.gateway_kib))),
+        )
+        .goal("<= 30 MB", mib(idle.gateway_kib) <= 30.0),
+        Row::new(
+            "7",
+            &format!("gateway RSS after {messages} messages"),
+            format!("{} MiB", num(mib(after.gateway_kib))),
+        ),
+        Row::new(
+            "7",
+            &format!("worker RSS idle / after, {} slots", ctx.opts.slots),
+            format!("{} / {} MiB", num(idle.worker()), num(after.worker())),
+        )
+        .reference(format!("{} MiB with 1 slot", num(single.worker()))),
+        Row::new(
+            "7",
+            "worker overhead per extra slot, idle",
+            format!("{} MiB", num(per_slot_idle)),
+        )
+        .goal("<= 1 MB", per_slot_idle <= 1.0),
+        Row::new(
+            "7",
+            "worker overhead per extra slot, after load",
+            format!("{} MiB", num(per_slot_after)),
+        )
+        .note("agents not counted"),
     ];
     let raw = json!({"idle": {"gateway_kib": idle.gateway_kib, "workers_kib": idle.workers_kib},
         "after": {"gateway_kib": after.gateway_kib, "workers_kib": after.workers_kib, "messages": messages},

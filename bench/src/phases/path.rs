@@ -50,15 +50,26 @@ pub async fn path(ctx: &Ctx) -> anyhow::Result<PhaseOut> {
     let events: Vec<_> = (0..o.n_path)
         .map(|i| {
             let (lane, turn) = (i % lanes, i / lanes);
-            let generation = (turn + lane * o.turns_per_conversation / lanes) / o.turns_per_conversation;
+            let generation =
+                (turn + lane * o.turns_per_conversation / lanes) / o.turns_per_conversation;
             signer.dm(&format!("Dpath{lane}g{generation}"), &think)
         })
         .collect();
     let ns: Vec<u64> = events.iter().map(|e| e.n).collect();
     // Its own stack, the only one whose worker logs claim and commit times.
-    let spec = StackSpec { timing_log: true, ..StackSpec::serve("path", o.slots, o.min_fresh) };
+    let spec = StackSpec {
+        timing_log: true,
+        ..StackSpec::serve("path", o.slots, o.min_fresh)
+    };
     let stack = ctx.stack(spec).await?;
-    let load = open_loop(&ctx.http, &stack.events_url(), events, o.path_rate, o.max_loop * 6).await;
+    let load = open_loop(
+        &ctx.http,
+        &stack.events_url(),
+        events,
+        o.path_rate,
+        o.max_loop * 6,
+    )
+    .await;
     let replied = wait_replies(ctx, &ns, Duration::from_secs(60)).await;
     let turns = agentlog::turns(&agentlog::read(&stack.stdin_log));
     let timing = agentlog::timing(&stack.stderr_log);
@@ -110,8 +121,13 @@ pub async fn path(ctx: &Ctx) -> anyhow::Result<PhaseOut> {
         "event sent -> Slack request (think subtracted)",
     ];
     let summaries: Vec<Summary> = steps.iter().map(|s| Summary::of(s)).collect();
-    log!("  {} messages sent, {} replied, {} decomposed, {} on a just-started agent",
-        load.sent, replied, summaries[0].n, cold);
+    log!(
+        "  {} messages sent, {} replied, {} decomposed, {} on a just-started agent",
+        load.sent,
+        replied,
+        summaries[0].n,
+        cold
+    );
     let mut rows = Vec::new();
     for (i, (name, s)) in names.iter().zip(&summaries).enumerate() {
         let row = Row::new("4", name, ms(s));
@@ -132,9 +148,18 @@ pub async fn path(ctx: &Ctx) -> anyhow::Result<PhaseOut> {
 pub async fn warm(ctx: &Ctx) -> anyhow::Result<PhaseOut> {
     let o = &ctx.opts;
     let signer = Signer::new()?;
-    let events: Vec<_> = (0..o.n_new).map(|i| signer.dm(&format!("Dnew{i}"), "")).collect();
+    let events: Vec<_> = (0..o.n_new)
+        .map(|i| signer.dm(&format!("Dnew{i}"), ""))
+        .collect();
     let ns: Vec<u64> = events.iter().map(|e| e.n).collect();
-    let load = open_loop(&ctx.http, &ctx.main.events_url(), events, o.new_rate, o.max_loop * 6).await;
+    let load = open_loop(
+        &ctx.http,
+        &ctx.main.events_url(),
+        events,
+        o.new_rate,
+        o.max_loop * 6,
+    )
+    .await;
     wait_replies(ctx, &ns, Duration::from_secs(30)).await;
     let turns = agentlog::turns(&agentlog::read(&ctx.main.stdin_log));
     let (mut warm, mut handoff) = (0, Vec::new());
@@ -148,15 +173,31 @@ pub async fn warm(ctx: &Ctx) -> anyhow::Result<PhaseOut> {
     let hit = warm as f64 / load.samples.len().max(1) as f64;
     let fresh = Summary::of(&handoff);
     let cold = Summary::of(&cold_starts(ctx).await?);
-    log!("  warm hit {}/{}; fresh-slot handoff p50 {:.2} ms; cold spawn-to-ready p50 {:.2} ms",
-        warm, load.samples.len(), fresh.p50, cold.p50);
+    log!(
+        "  warm hit {}/{}; fresh-slot handoff p50 {:.2} ms; cold spawn-to-ready p50 {:.2} ms",
+        warm,
+        load.samples.len(),
+        fresh.p50,
+        cold.p50
+    );
     let rows = vec![
-        Row::new("5", "new conversation: event sent -> agent stdin (fresh slot)", ms(&fresh))
-            .reference(format!("spawn-to-ready {}", ms(&cold)))
-            .ratio(fresh.p50 / cold.p50),
-        Row::new("5", &format!("warm hit, {} new conversations at {}/s", load.samples.len(), o.new_rate),
-            format!("{:.1} %", hit * 100.0))
-            .goal(">= 99 %", hit >= 0.99),
+        Row::new(
+            "5",
+            "new conversation: event sent -> agent stdin (fresh slot)",
+            ms(&fresh),
+        )
+        .reference(format!("spawn-to-ready {}", ms(&cold)))
+        .ratio(fresh.p50 / cold.p50),
+        Row::new(
+            "5",
+            &format!(
+                "warm hit, {} new conversations at {}/s",
+                load.samples.len(),
+                o.new_rate
+            ),
+            format!("{:.1} %", hit * 100.0),
+        )
+        .goal(">= 99 %", hit >= 0.99),
     ];
     let raw = json!({"warm": warm, "new_conversations": load.samples.len(), "fresh_handoff_ms": fresh,
         "fresh_handoff_samples_ms": handoff, "cold_spawn_to_ready_ms": cold});
