@@ -21,7 +21,9 @@
 //! (this turn costs X USD, default 0.001), `[[env]]` (list the environment),
 //! `[[pid]]` (add the pid), `[[error]]` (an "API Error" result),
 //! `[[read:PATH]]` (say whether PATH can be read). `STAND_IN_STDIN_LOG=FILE`
-//! notes when each user turn arrived (benchmarks). `STAND_IN_THINK_MS` adds
+//! notes when each user turn arrived, when the process answered
+//! `initialize` (`<<ready>>`) and when it wrote a turn's result
+//! (`<<result>>`), one `<unix ns> <pid> <what>` line each (benchmarks). `STAND_IN_THINK_MS` adds
 //! a fixed think time to every turn.
 
 use std::collections::VecDeque;
@@ -143,6 +145,8 @@ struct Agent {
     deferred: VecDeque<String>,
     /// Stdin is closed: finish what was asked, then exit.
     eof: bool,
+    /// `STAND_IN_STDIN_LOG`: where `<<ready>>` and `<<result>>` are noted.
+    event_log: Option<PathBuf>,
 }
 
 /// How a wait during a turn ended.
@@ -152,12 +156,24 @@ enum Waited {
 }
 
 /// Append `<unix ns> <pid> <text>` for a user line to `path`.
-fn log_arrival(path: &std::path::Path, line: &str) {
+/// Append `<unix ns> <pid> <what>` to the benchmark log.
+fn log_line(path: &std::path::Path, what: &str) {
     use std::io::Write;
     let now = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map(|d| d.as_nanos())
         .unwrap_or(0);
+    if let Ok(mut file) = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(path)
+    {
+        // A lost line only loses one benchmark sample.
+        let _ = writeln!(file, "{now} {} {what}", std::process::id());
+    }
+}
+
+fn log_arrival(path: &std::path::Path, line: &str) {
     let Ok(value) = serde_json::from_str::<Value>(line) else {
         return;
     };
@@ -166,14 +182,7 @@ fn log_arrival(path: &std::path::Path, line: &str) {
     }
     let text = user_text(&value["message"]["content"]).unwrap_or_default();
     let text: String = text.chars().filter(|c| *c != '\n').take(80).collect();
-    if let Ok(mut file) = std::fs::OpenOptions::new()
-        .create(true)
-        .append(true)
-        .open(path)
-    {
-        // A lost line only loses one benchmark sample.
-        let _ = writeln!(file, "{now} {} {text}", std::process::id());
-    }
+    log_line(path, &text);
 }
 
 fn main() {
@@ -210,6 +219,7 @@ fn main() {
     let (sender, inbox) = channel();
     // For benchmarks: note when each user turn arrived on stdin.
     let stdin_log = std::env::var_os("STAND_IN_STDIN_LOG").map(PathBuf::from);
+    let event_log = stdin_log.clone();
     std::thread::spawn(move || {
         for line in std::io::stdin().lock().lines() {
             let Ok(line) = line else { break };
@@ -234,6 +244,7 @@ fn main() {
         inbox,
         deferred: VecDeque::new(),
         eof: false,
+        event_log,
     };
     agent.run();
 }
@@ -285,6 +296,11 @@ impl Agent {
                 "error": format!("unsupported control request {other:?}")}),
         };
         emit(&json!({"type": "control_response", "response": response}));
+        if let (Some(path), Some("initialize")) =
+            (&self.event_log, request["request"]["subtype"].as_str())
+        {
+            log_line(path, "<<ready>>");
+        }
     }
 
     /// Sleep `duration`, answering control requests; an interrupt ends the
@@ -464,6 +480,9 @@ impl Agent {
             "total_cost_usd": self.total_cost, "usage": usage, "modelUsage": {},
             "permission_denials": []}),
         );
+        if let Some(path) = &self.event_log {
+            log_line(path, "<<result>>");
+        }
     }
 
     /// Append the turn to the transcript, as the CLI does after every turn.

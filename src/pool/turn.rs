@@ -30,7 +30,19 @@ pub(super) async fn run(shared: Arc<Shared>, claim: Claim, assignment: Assignmen
     run_claim(shared, claim, assignment).instrument(span).await
 }
 
+/// Benchmark hook: when a batch was claimed or committed, with its
+/// messages' source ids. Debug level on its own target, so it costs one
+/// level check unless `log.level` enables `switchboard::timing=debug`.
+fn timing(claim: &Claim, what: &'static str) {
+    tracing::debug!(
+        target: "switchboard::timing",
+        ids = %claim.messages.iter().map(|m| m.message.external_id.as_str()).collect::<Vec<_>>().join(","),
+        "{what}"
+    );
+}
+
 async fn run_claim(shared: Arc<Shared>, claim: Claim, assignment: Assignment) {
+    timing(&claim, "claimed");
     let slot = assignment.slot();
     let ready = prepare(&shared, &claim, &assignment).await;
     if let Err(reason) = ready {
@@ -220,6 +232,7 @@ async fn commit(
     };
     match shared.queue.commit(&claim.lease, &commit).await {
         Ok(()) => {
+            timing(claim, "committed");
             metrics::counter!("switchboard_pool_turns_total", "outcome" => "committed")
                 .increment(1);
             lock(&shared.table)[slot as usize].turns += 1;

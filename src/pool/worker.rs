@@ -15,10 +15,10 @@ use tokio_util::task::TaskTracker;
 use crate::agent::{
     AgentLauncher, AgentProcess, AgentSettings, SessionStart, SlotDirs, StartError,
 };
-use crate::queue::{ClaimOutcome, Queue, QueueError, WorkerId};
+use crate::queue::{Claim, ClaimOutcome, Queue, QueueError, WorkerId};
 
 use super::PoolSettings;
-use super::slots::{SlotMeta, SlotState, assign};
+use super::slots::{Assignment, SlotMeta, SlotState, assign};
 
 /// Why the worker cannot run.
 #[derive(Debug, thiserror::Error)]
@@ -169,32 +169,22 @@ async fn claim_loop(shared: &Arc<Shared>, turns: &TaskTracker, shutdown: &Cancel
                     tracing::warn!(error = %e, "could not set aside a batch that waited too long");
                 }
             }
-            Ok(ClaimOutcome::Claimed(claim)) => {
-                let has_session = claim.session_id.is_some();
-                let assignment = assign(
-                    &mut lock(&shared.table),
-                    &shared.id,
-                    &claim.lease.conversation,
-                    claim.owner.as_ref(),
-                    has_session,
-                );
-                match assignment {
-                    Some(assignment) => {
-                        metrics::counter!("switchboard_pool_claims_total", "slot" => assignment.label())
-                            .increment(1);
-                        turns.spawn(super::turn::run(shared.clone(), *claim, assignment));
-                    }
-                    None => {
-                        // Cannot happen (we only claim with a slot free);
-                        // hand the conversation back rather than hold it.
-                        tracing::error!("claimed with no slot available; handing it back");
-                        let _ = shared
-                            .queue
-                            .fail(&claim.lease, "no slot available", true)
-                            .await;
-                    }
+            Ok(ClaimOutcome::Claimed(claim)) => match assign_slot(shared, &claim, shutdown).await {
+                Some(assignment) => {
+                    metrics::counter!("switchboard_pool_claims_total", "slot" => assignment.label())
+                        .increment(1);
+                    turns.spawn(super::turn::run(shared.clone(), *claim, assignment));
                 }
-            }
+                None => {
+                    // No slot came back in time (or we are stopping): hand
+                    // the conversation back rather than hold it.
+                    tracing::warn!("claimed but no slot became available; handing it back");
+                    let _ = shared
+                        .queue
+                        .fail(&claim.lease, "no slot available", true)
+                        .await;
+                }
+            },
             Ok(ClaimOutcome::DeadLettered { conversation }) => {
                 tracing::warn!(%conversation, "batch out of attempts: dead-lettered");
             }
@@ -228,6 +218,37 @@ fn waited_too_long(shared: &Shared, claim: &crate::queue::Claim) -> bool {
         .unwrap_or(0);
     let received = first.message.received_at_ms;
     received > 0 && now.saturating_sub(received) > max_wait.as_millis() as u64
+}
+
+/// Pick a slot for a claimed conversation. A slot free when the claim began
+/// may have been taken meanwhile (maintenance restarts an idle bound slot
+/// to keep `min_fresh` fresh); then wait briefly for one to come back
+/// instead of handing the claim back, which would use up an attempt.
+async fn assign_slot(
+    shared: &Arc<Shared>,
+    claim: &Claim,
+    shutdown: &CancellationToken,
+) -> Option<Assignment> {
+    let deadline = Instant::now() + shared.queue.settings().lease_ttl / 3;
+    loop {
+        // Created before the check, so a change in between is not missed.
+        let changed = shared.changed.notified();
+        let assignment = assign(
+            &mut lock(&shared.table),
+            &shared.id,
+            &claim.lease.conversation,
+            claim.owner.as_ref(),
+            claim.session_id.is_some(),
+        );
+        if assignment.is_some() || Instant::now() >= deadline {
+            return assignment;
+        }
+        tokio::select! {
+            _ = shutdown.cancelled() => return None,
+            _ = changed => {}
+            _ = tokio::time::sleep(Duration::from_millis(50)) => {}
+        }
+    }
 }
 
 async fn backoff(shutdown: &CancellationToken) {

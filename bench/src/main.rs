@@ -1,0 +1,88 @@
+//! `switchboard-bench`: run the benchmarks (`all`), or serve the ingress
+//! reference (`reference`, started by `all` as its own process).
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+use clap::{Parser, Subcommand};
+use switchboard_bench::opts::Opts;
+
+#[derive(Parser)]
+#[command(about = "Switchboard benchmarks, side by side with references")]
+struct Cli {
+    #[command(subcommand)]
+    command: Cmd,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Run every phase, print the table, write the results file.
+    All {
+        /// Tiny counts, for CI: checks the bench works, measures nothing.
+        #[arg(long)]
+        quick: bool,
+        /// Keep the run's directory (configs, logs, callgrind output).
+        #[arg(long)]
+        keep_dir: bool,
+        /// Skip phase 8 (callgrind), e.g. to iterate on the others.
+        #[arg(long)]
+        no_cpu: bool,
+        /// Where switchboard, stand-in-agent and switchboard-bench are
+        /// (default: next to this program).
+        #[arg(long)]
+        bin_dir: Option<PathBuf>,
+        /// The results file (default: bench/results/<date>.json).
+        #[arg(long)]
+        out: Option<PathBuf>,
+    },
+    /// The ingress reference server (verify, XADD, 200).
+    Reference {
+        #[arg(long)]
+        listen: SocketAddr,
+        #[arg(long)]
+        redis_url: String,
+    },
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    match Cli::parse().command {
+        Cmd::Reference { listen, redis_url } => {
+            switchboard_bench::reference::serve(listen, &redis_url).await
+        }
+        Cmd::All {
+            quick,
+            keep_dir,
+            no_cpu,
+            bin_dir,
+            out,
+        } => {
+            let exe = std::env::current_exe()?;
+            let bin_dir = match bin_dir {
+                Some(dir) => dir,
+                None => exe
+                    .parent()
+                    .map(PathBuf::from)
+                    .ok_or_else(|| anyhow::anyhow!("cannot locate {}", exe.display()))?,
+            };
+            let root = std::env::current_dir()?;
+            let out = out.unwrap_or_else(|| switchboard_bench::default_out(&root));
+            let mut opts = if quick {
+                Opts::quick(bin_dir, out)
+            } else {
+                Opts::full(bin_dir, out)
+            };
+            opts.keep_dir = keep_dir;
+            if no_cpu {
+                opts.cpu_small = 0;
+            }
+            let outcome = switchboard_bench::run(opts).await?;
+            println!("{}", outcome.table);
+            println!("raw results: {}", outcome.results.display());
+            if !outcome.failed.is_empty() {
+                anyhow::bail!("{} phase(s) failed", outcome.failed.len());
+            }
+            Ok(())
+        }
+    }
+}

@@ -1,0 +1,283 @@
+//! Phases 1 and 2: ack latency at 100/s and 1000/s (open loop) and
+//! saturated throughput, gateway vs reference in interleaved rounds.
+//! Phase 3: ack latency with busy slots and a backlog vs idle, alternating.
+
+use std::time::Duration;
+
+use serde_json::json;
+use switchboard::domain::{ConversationId, Destination, InboundMessage};
+use switchboard::queue::EnqueueMode;
+
+use crate::events::{Event, Signer};
+use crate::load::{LoadResult, closed_loop, open_loop};
+use crate::report::{PhaseOut, Row, num};
+use crate::stats::{median, ratio_median};
+use crate::{Ctx, log};
+
+/// DM channels the ack phases write to: as many conversations as stay warm,
+/// each moving to a new channel after `turns_per_conversation` messages.
+fn events(ctx: &Ctx, signer: &Signer, tag: &str, count: usize) -> Vec<Event> {
+    let lanes = ctx.opts.lanes();
+    let per = ctx.opts.turns_per_conversation * lanes;
+    (0..count)
+        .map(|i| signer.dm(&format!("D{tag}g{}c{}", i / per, i % lanes), ""))
+        .collect()
+}
+
+#[derive(Default)]
+struct Series {
+    p50_100: Vec<f64>,
+    p99_100: Vec<f64>,
+    p50_1000: Vec<f64>,
+    p99_1000: Vec<f64>,
+    sat: Vec<f64>,
+    raw: Vec<serde_json::Value>,
+}
+
+impl Series {
+    fn push(&mut self, round: usize, a: &LoadResult, b: &LoadResult, c: &LoadResult) {
+        self.p50_100.push(a.latency_ms.p50);
+        self.p99_100.push(a.latency_ms.p99);
+        self.p50_1000.push(b.latency_ms.p50);
+        self.p99_1000.push(b.latency_ms.p99);
+        self.sat.push(c.throughput_per_s);
+        let lat = |r: &LoadResult| -> Vec<f64> {
+            r.samples
+                .iter()
+                .filter(|s| s.status == 200)
+                .map(|s| (s.latency_ms() * 1000.0).round() / 1000.0)
+                .collect()
+        };
+        self.raw.push(
+            json!({"round": round, "at_100": a, "at_1000": b, "saturated": c,
+            "latencies_100_ms": lat(a), "latencies_1000_ms": lat(b)}),
+        );
+    }
+}
+
+async fn round(ctx: &Ctx, signer: &Signer, url: &str, tag: &str) -> [LoadResult; 3] {
+    let o = &ctx.opts;
+    let a = open_loop(
+        &ctx.http,
+        url,
+        events(ctx, signer, tag, o.n_100),
+        100.0,
+        o.max_loop,
+    )
+    .await;
+    let b = open_loop(
+        &ctx.http,
+        url,
+        events(ctx, signer, tag, o.n_1000),
+        1000.0,
+        o.max_loop,
+    )
+    .await;
+    let c = closed_loop(
+        &ctx.http,
+        url,
+        events(ctx, signer, tag, o.n_saturated),
+        o.connections,
+        o.max_loop,
+    )
+    .await;
+    [a, b, c]
+}
+
+/// Phases 1 and 2.
+pub async fn ack(ctx: &Ctx) -> anyhow::Result<PhaseOut> {
+    let signer = Signer::new()?;
+    let reference =
+        crate::reference::RefServer::start(&ctx.bins, &ctx.dir.join("ref"), None).await?;
+    let (ref_url, gw_url) = (reference.events_url(), ctx.main.events_url());
+    // Warm both up (connections, caches, the first conversations' slots).
+    for url in [&ref_url, &gw_url] {
+        closed_loop(
+            &ctx.http,
+            url,
+            events(ctx, &signer, "warm", 200),
+            8,
+            ctx.opts.max_loop,
+        )
+        .await;
+    }
+    let (mut gw, mut rf) = (Series::default(), Series::default());
+    for r in 0..ctx.opts.rounds {
+        // Alternate who goes first, so drift over time hits both alike.
+        let order = if r % 2 == 0 {
+            [true, false]
+        } else {
+            [false, true]
+        };
+        for is_gw in order {
+            let (url, series) = if is_gw {
+                (&gw_url, &mut gw)
+            } else {
+                (&ref_url, &mut rf)
+            };
+            let [a, b, c] = round(ctx, &signer, url, &format!("a{r}")).await;
+            log!(
+                "  round {r} {}: p99 @100/s {:.2} ms, p99 @1000/s {:.2} ms, saturated {:.0}/s ({} of {} ok)",
+                if is_gw { "gateway  " } else { "reference" },
+                a.latency_ms.p99,
+                b.latency_ms.p99,
+                c.throughput_per_s,
+                c.ok,
+                c.planned
+            );
+            series.push(r, &a, &b, &c);
+        }
+    }
+    drop(reference);
+    let ms = |v: &[f64]| format!("{} ms", num(median(v)));
+    let per_s = |v: &[f64]| format!("{}/s", num(median(v)));
+    let p99_ratio = ratio_median(&gw.p99_1000, &rf.p99_1000);
+    let sat_ratio = ratio_median(&gw.sat, &rf.sat);
+    let rows = vec![
+        Row::new("2", "ack p50 @100/s", ms(&gw.p50_100))
+            .reference(ms(&rf.p50_100))
+            .ratio(ratio_median(&gw.p50_100, &rf.p50_100)),
+        Row::new("2", "ack p99 @100/s", ms(&gw.p99_100))
+            .reference(ms(&rf.p99_100))
+            .ratio(ratio_median(&gw.p99_100, &rf.p99_100)),
+        Row::new("2", "ack p50 @1000/s", ms(&gw.p50_1000))
+            .reference(ms(&rf.p50_1000))
+            .ratio(ratio_median(&gw.p50_1000, &rf.p50_1000)),
+        Row::new("1,2", "ack p99 @1000/s", ms(&gw.p99_1000))
+            .reference(ms(&rf.p99_1000))
+            .ratio(p99_ratio)
+            .goal("<= 1.5x", p99_ratio <= 1.5),
+        Row::new("1,2", "saturated acks", per_s(&gw.sat))
+            .reference(per_s(&rf.sat))
+            .ratio(sat_ratio)
+            .goal(">= 0.8x", sat_ratio >= 0.8),
+    ];
+    Ok(PhaseOut {
+        rows,
+        raw: json!({"gateway": gw.raw, "reference": rf.raw}),
+    })
+}
+
+/// Phase 3: two identical stacks, one idle, one with every slot busy and a
+/// backlog; alternating rounds at 1000/s.
+pub async fn backlog(ctx: &Ctx) -> anyhow::Result<PhaseOut> {
+    let signer = Signer::new()?;
+    let slots = 2;
+    let spec = |name: &str| crate::stack::StackSpec::serve(name, slots, 0);
+    let idle = ctx.stack(spec("idle")).await?;
+    let busy = ctx.stack(spec("backlog")).await?;
+    // Busy: every slot runs a turn that thinks for ten minutes.
+    for i in 0..slots {
+        let event = signer.dm(&format!("Dbusy{i}"), "[[delay:600000]]");
+        crate::events::post(&ctx.http, &busy.events_url(), &event).await;
+    }
+    let started = std::time::Instant::now();
+    fill_backlog(&busy, ctx.opts.backlog).await?;
+    log!(
+        "  backlog of {} queued in {:.1}s",
+        ctx.opts.backlog,
+        started.elapsed().as_secs_f64()
+    );
+    let (mut p99_idle, mut p99_busy, mut raw) = (Vec::new(), Vec::new(), Vec::new());
+    for r in 0..ctx.opts.rounds {
+        let order = if r % 2 == 0 {
+            [false, true]
+        } else {
+            [true, false]
+        };
+        for with_backlog in order {
+            let stack = if with_backlog { &busy } else { &idle };
+            let evs = events(ctx, &signer, &format!("b{r}"), ctx.opts.n_backlog_round);
+            let res = open_loop(
+                &ctx.http,
+                &stack.events_url(),
+                evs,
+                1000.0,
+                ctx.opts.max_loop,
+            )
+            .await;
+            log!(
+                "  round {r} {}: ack p99 @1000/s {:.2} ms ({} of {} ok)",
+                if with_backlog { "backlog" } else { "idle   " },
+                res.latency_ms.p99,
+                res.ok,
+                res.planned
+            );
+            if with_backlog {
+                p99_busy.push(res.latency_ms.p99)
+            } else {
+                p99_idle.push(res.latency_ms.p99)
+            }
+            raw.push(json!({"round": r, "backlog": with_backlog, "result": res}));
+        }
+    }
+    let queued = ready_count(&busy).await;
+    idle.stop();
+    busy.stop();
+    let ratio = ratio_median(&p99_busy, &p99_idle);
+    let rows = vec![
+        Row::new(
+            "3",
+            &format!("ack p99 @1000/s, slots busy + {} backlog", ctx.opts.backlog),
+            format!("{} ms", num(median(&p99_busy))),
+        )
+        .reference(format!("{} ms idle", num(median(&p99_idle))))
+        .ratio(ratio)
+        .goal("<= 1.5x", ratio <= 1.5),
+    ];
+    Ok(PhaseOut {
+        rows,
+        raw: json!({"rounds": raw, "conversations_waiting_at_end": queued}),
+    })
+}
+
+/// Queue `n` messages straight into Redis through the queue API, 100 per
+/// conversation (console destination: no acknowledgement reactions).
+async fn fill_backlog(stack: &crate::stack::Stack, n: usize) -> anyhow::Result<()> {
+    let tasks: Vec<_> = (0..32)
+        .map(|t| {
+            let queue = stack.queue.clone();
+            tokio::spawn(async move {
+                let mut i = t;
+                while i < n {
+                    let cid = ConversationId::new(format!("console:backlog{}", i / 100));
+                    let message = InboundMessage {
+                        conversation: cid,
+                        dedupe_keys: vec![format!("backlog:{i}")],
+                        sender: "UALICE".into(),
+                        sender_name: None,
+                        text: format!("backlog message {i}"),
+                        files: vec![],
+                        external_id: format!("b{i}"),
+                        received_at_ms: 0,
+                    };
+                    let dest = Destination::Console {
+                        session: "backlog".into(),
+                    };
+                    queue
+                        .enqueue(&message, &dest, EnqueueMode::CreateOrAppend)
+                        .await?;
+                    i += 32;
+                }
+                anyhow::Ok(())
+            })
+        })
+        .collect();
+    for task in tasks {
+        tokio::time::timeout(Duration::from_secs(300), task).await???;
+    }
+    Ok(())
+}
+
+/// Conversations waiting in the shared ready queue.
+async fn ready_count(stack: &crate::stack::Stack) -> i64 {
+    let Ok(mut conn) = stack.redis.connection().await else {
+        return -1;
+    };
+    let key = format!("{}:{{s0}}:ready", crate::stack::PREFIX);
+    redis::cmd("ZCARD")
+        .arg(key)
+        .query_async(&mut conn)
+        .await
+        .unwrap_or(-1)
+}

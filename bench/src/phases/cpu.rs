@@ -1,0 +1,153 @@
+//! Phase 8: instructions per ingress event, by callgrind. Each server runs
+//! twice under `valgrind --tool=callgrind` with a different number of
+//! requests; the difference divided by the difference in requests cancels
+//! start-up and shutdown. The gateway runs as `switchboard gateway` (no
+//! workers in the process), once with the acknowledgement reaction off
+//! (ingress alone) and once as deployed (each event also makes egress add
+//! a reaction through the Slack stand-in).
+
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use serde_json::json;
+
+use crate::events::Signer;
+use crate::load::closed_loop;
+use crate::reference::RefServer;
+use crate::report::{PhaseOut, Row, num};
+use crate::stack::StackSpec;
+use crate::{Ctx, log};
+
+#[derive(Clone, Copy, PartialEq)]
+enum Server {
+    Reference,
+    Gateway { reaction: bool },
+}
+
+impl Server {
+    fn name(self) -> &'static str {
+        match self {
+            Server::Reference => "reference",
+            Server::Gateway { reaction: false } => "gateway-no-reaction",
+            Server::Gateway { reaction: true } => "gateway",
+        }
+    }
+}
+
+/// Instructions executed by a server that answered `count` requests.
+async fn instructions(ctx: &Ctx, server: Server, count: usize) -> anyhow::Result<u64> {
+    let signer = Signer::new()?;
+    let tag = format!("{}-{count}", server.name());
+    let out = ctx.dir.join(format!("callgrind.{tag}.out"));
+    let events: Vec<_> = (0..count)
+        .map(|i| signer.dm(&format!("Dcpu{}c{}", tag, i % 6), ""))
+        .collect();
+    let max = Duration::from_secs(120);
+    match server {
+        Server::Reference => {
+            let mut reference =
+                RefServer::start(&ctx.bins, &ctx.dir.join(&tag), Some(&out)).await?;
+            let res = closed_loop(&ctx.http, &reference.events_url(), events, 4, max).await;
+            anyhow::ensure!(res.ok == count, "{tag}: {} of {count} requests ok", res.ok);
+            reference.proc.stop(Duration::from_secs(60));
+        }
+        Server::Gateway { reaction } => {
+            let spec = StackSpec {
+                role: "gateway",
+                ack_reaction: if reaction {
+                    "eyes".into()
+                } else {
+                    String::new()
+                },
+                callgrind_out: Some(out.clone()),
+                ..StackSpec::serve(&tag, 1, 0)
+            };
+            let stack = ctx.stack(spec).await?;
+            let res = closed_loop(&ctx.http, &stack.events_url(), events, 4, max).await;
+            anyhow::ensure!(res.ok == count, "{tag}: {} of {count} requests ok", res.ok);
+            if reaction {
+                // Let egress finish the reactions these events asked for.
+                let prefix = format!("Dcpu{tag}");
+                let deadline = Instant::now() + max;
+                while Instant::now() < deadline {
+                    let added = ctx
+                        .stub
+                        .calls()
+                        .iter()
+                        .filter(|c| c.method == "reactions.add" && c.channel.starts_with(&prefix))
+                        .count();
+                    if added >= count {
+                        break;
+                    }
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                }
+            }
+            stack.stop();
+        }
+    }
+    total(&out)
+}
+
+/// The `summary:` (or `totals:`) line of a callgrind output file.
+fn total(path: &Path) -> anyhow::Result<u64> {
+    let text = std::fs::read_to_string(path)
+        .map_err(|e| anyhow::anyhow!("reading {}: {e}", path.display()))?;
+    text.lines()
+        .find_map(|l| {
+            l.strip_prefix("summary:")
+                .or_else(|| l.strip_prefix("totals:"))
+        })
+        .and_then(|v| v.split_whitespace().next()?.parse().ok())
+        .ok_or_else(|| anyhow::anyhow!("no summary in {}", path.display()))
+}
+
+/// Phase 8.
+pub async fn cpu(ctx: &Ctx) -> anyhow::Result<PhaseOut> {
+    let (small, large) = (ctx.opts.cpu_small, ctx.opts.cpu_large);
+    let mut per_event = Vec::new();
+    let mut raw = Vec::new();
+    let mut servers = vec![Server::Reference, Server::Gateway { reaction: false }];
+    if ctx.opts.mode == "full" {
+        // The quick (CI) mode keeps valgrind runs few: they are slow.
+        servers.push(Server::Gateway { reaction: true });
+    }
+    for server in servers {
+        let a = instructions(ctx, server, small).await?;
+        let b = instructions(ctx, server, large).await?;
+        let per = (b as f64 - a as f64) / (large - small) as f64;
+        log!(
+            "  {}: {a} instructions for {small} requests, {b} for {large}: {per:.0} per event",
+            server.name()
+        );
+        raw.push(
+            json!({"server": server.name(), "small": small, "large": large,
+            "instructions_small": a, "instructions_large": b, "per_event": per}),
+        );
+        per_event.push(per);
+    }
+    let (reference, ingress) = (per_event[0], per_event[1]);
+    let deployed = per_event.get(2).copied().unwrap_or(f64::NAN);
+    let k = |x: f64| format!("{} k", num(x / 1000.0));
+    let rows = vec![
+        Row::new(
+            "8",
+            "instructions/event, ingress (reaction off)",
+            k(ingress),
+        )
+        .reference(k(reference))
+        .ratio(ingress / reference)
+        .goal("<= 1.3x", ingress / reference <= 1.3),
+        Row::new(
+            "8",
+            "instructions/event, as deployed (+ ack reaction via egress)",
+            k(deployed),
+        )
+        .reference(k(reference))
+        .ratio(deployed / reference)
+        .note("informational"),
+    ];
+    Ok(PhaseOut {
+        rows,
+        raw: json!(raw),
+    })
+}

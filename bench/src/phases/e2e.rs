@@ -1,0 +1,236 @@
+//! Phase 6: end-to-end throughput, event to complete reply at the Slack
+//! stand-in, zero think time, one closed loop per warm conversation lane,
+//! gateway vs the pipeline reference in interleaved rounds.
+//! Phase 7: resident memory of the gateway and worker processes.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use serde_json::json;
+
+use crate::events::{Signer, post};
+use crate::pipeline::Lane;
+use crate::procs::Redis;
+use crate::report::{PhaseOut, Row, num};
+use crate::stack::StackSpec;
+use crate::stats::{median, ratio_median};
+use crate::{Ctx, log};
+
+/// Which DM channel message `k` of `lane` goes to in `round`.
+fn channel(tag: &str, round: usize, lane: usize, k: usize, turns: usize) -> String {
+    format!("D{tag}{round}l{lane}g{}", k / turns)
+}
+
+/// One gateway round: messages answered per second.
+async fn gateway_round(
+    ctx: &Ctx,
+    signer: &Arc<Signer>,
+    round: usize,
+    per_lane: usize,
+) -> (usize, f64) {
+    let started = Instant::now();
+    let deadline = started + ctx.opts.max_loop * 6;
+    let tasks: Vec<_> = (0..ctx.opts.lanes())
+        .map(|lane| {
+            let (http, url, stub, signer) = (
+                ctx.http.clone(),
+                ctx.main.events_url(),
+                ctx.stub.clone(),
+                signer.clone(),
+            );
+            let turns = ctx.opts.turns_per_conversation;
+            tokio::spawn(async move {
+                let mut done = 0;
+                for k in 0..per_lane {
+                    if Instant::now() > deadline {
+                        break;
+                    }
+                    let event = signer.dm(&channel("e", round, lane, k, turns), "");
+                    let reply = stub.wait_reply(event.n);
+                    if post(&http, &url, &event).await != 200 {
+                        continue;
+                    }
+                    if let Ok(Ok(_)) = tokio::time::timeout(Duration::from_secs(30), reply).await {
+                        done += 1;
+                    }
+                }
+                done
+            })
+        })
+        .collect();
+    let mut done = 0;
+    for task in tasks {
+        done += task.await.unwrap_or(0);
+    }
+    (done, done as f64 / started.elapsed().as_secs_f64())
+}
+
+/// One pipeline round: messages through the bare pipeline per second.
+async fn pipeline_round(
+    ctx: &Ctx,
+    lanes: Vec<Lane>,
+    round: usize,
+    per_lane: usize,
+) -> (Vec<Lane>, usize, f64) {
+    let started = Instant::now();
+    let deadline = started + ctx.opts.max_loop * 6;
+    let turns = ctx.opts.turns_per_conversation;
+    let tasks: Vec<_> = lanes
+        .into_iter()
+        .enumerate()
+        .map(|(i, mut lane)| {
+            tokio::spawn(async move {
+                let mut done = 0;
+                for k in 0..per_lane {
+                    if Instant::now() > deadline {
+                        break;
+                    }
+                    if k > 0
+                        && k % turns == 0
+                        && let Err(e) = lane.new_conversation().await
+                    {
+                        eprintln!("pipeline lane {i}: {e:#}");
+                        break;
+                    }
+                    let text = format!("bm{} ", 900_000_000 + k);
+                    match lane.one(&channel("p", round, i, k, turns), &text).await {
+                        Ok(()) => done += 1,
+                        Err(e) => {
+                            eprintln!("pipeline lane {i}: {e:#}");
+                            break;
+                        }
+                    }
+                }
+                (lane, done)
+            })
+        })
+        .collect();
+    let (mut back, mut done) = (Vec::new(), 0);
+    for task in tasks {
+        if let Ok((lane, n)) = task.await {
+            back.push(lane);
+            done += n;
+        }
+    }
+    (back, done, done as f64 / started.elapsed().as_secs_f64())
+}
+
+/// Phase 6.
+pub async fn e2e(ctx: &Ctx) -> anyhow::Result<PhaseOut> {
+    let signer = Arc::new(Signer::new()?);
+    let dir = ctx.dir.join("pipeline");
+    let redis = Redis::start(&dir.join("redis")).await?;
+    let mut lanes = Vec::new();
+    for i in 0..ctx.opts.lanes() {
+        lanes.push(Lane::start(&ctx.bins, &dir, i, &redis.url, &ctx.stub.base_url()).await?);
+    }
+    let per_lane = ctx.opts.n_e2e / ctx.opts.rounds / ctx.opts.lanes();
+    let (mut gw, mut rf, mut raw) = (Vec::new(), Vec::new(), Vec::new());
+    for r in 0..ctx.opts.rounds {
+        let order = if r % 2 == 0 {
+            [true, false]
+        } else {
+            [false, true]
+        };
+        for is_gw in order {
+            if is_gw {
+                let (done, rate) = gateway_round(ctx, &signer, r, per_lane).await;
+                log!("  round {r} gateway : {done} replies, {rate:.0}/s");
+                gw.push(rate);
+                raw.push(json!({"round": r, "target": "gateway", "done": done, "per_s": rate}));
+            } else {
+                let (back, done, rate) = pipeline_round(ctx, lanes, r, per_lane).await;
+                lanes = back;
+                log!("  round {r} pipeline: {done} replies, {rate:.0}/s");
+                rf.push(rate);
+                raw.push(json!({"round": r, "target": "pipeline", "done": done, "per_s": rate}));
+            }
+        }
+    }
+    drop(lanes);
+    let ratio = ratio_median(&gw, &rf);
+    let rows = vec![
+        Row::new(
+            "6",
+            &format!(
+                "e2e replies/s, {} warm conversations, think 0",
+                ctx.opts.lanes()
+            ),
+            format!("{}/s", num(median(&gw))),
+        )
+        .reference(format!("{}/s pipeline", num(median(&rf))))
+        .ratio(ratio)
+        .goal(">= 0.5x", ratio >= 0.5),
+    ];
+    Ok(PhaseOut {
+        rows,
+        raw: json!({"lanes": ctx.opts.lanes(), "rounds": raw}),
+    })
+}
+
+/// Memory of the main stack, before (idle) and now.
+pub struct Memory {
+    pub gateway_kib: u64,
+    pub workers_kib: Vec<u64>,
+}
+
+impl Memory {
+    pub fn of(stack: &crate::stack::Stack) -> Self {
+        let (gateway_kib, workers_kib) = stack.memory();
+        Self {
+            gateway_kib,
+            workers_kib,
+        }
+    }
+
+    fn worker(&self) -> f64 {
+        self.workers_kib.iter().sum::<u64>() as f64 / 1024.0
+    }
+}
+
+/// Phase 7.
+pub async fn memory(ctx: &Ctx, idle: &Memory, messages: usize) -> anyhow::Result<PhaseOut> {
+    let after = Memory::of(&ctx.main);
+    let one = ctx.stack(StackSpec::serve("one-slot", 1, 0)).await?;
+    let single = Memory::of(&one);
+    one.stop();
+    let slots = ctx.opts.slots as f64;
+    let per_slot_idle = (idle.worker() - single.worker()) / (slots - 1.0).max(1.0);
+    let per_slot_after = (after.worker() - single.worker()) / (slots - 1.0).max(1.0);
+    let mib = |k: u64| k as f64 / 1024.0;
+    let rows = vec![
+        Row::new(
+            "7",
+            "gateway RSS idle",
+            format!("{} MiB", num(mib(idle.gateway_kib))),
+        )
+        .goal("<= 30 MB", mib(idle.gateway_kib) <= 30.0),
+        Row::new(
+            "7",
+            &format!("gateway RSS after {messages} messages"),
+            format!("{} MiB", num(mib(after.gateway_kib))),
+        ),
+        Row::new(
+            "7",
+            &format!("worker RSS idle / after, {} slots", ctx.opts.slots),
+            format!("{} / {} MiB", num(idle.worker()), num(after.worker())),
+        )
+        .reference(format!("{} MiB with 1 slot", num(single.worker()))),
+        Row::new(
+            "7",
+            "worker overhead per extra slot, idle",
+            format!("{} MiB", num(per_slot_idle)),
+        )
+        .goal("<= 1 MB", per_slot_idle <= 1.0),
+        Row::new(
+            "7",
+            "worker overhead per extra slot, after load",
+            format!("{} MiB", num(per_slot_after)),
+        )
+        .note("agents not counted"),
+    ];
+    let raw = json!({"idle": {"gateway_kib": idle.gateway_kib, "workers_kib": idle.workers_kib},
+        "after": {"gateway_kib": after.gateway_kib, "workers_kib": after.workers_kib, "messages": messages},
+        "one_slot": {"gateway_kib": single.gateway_kib, "workers_kib": single.workers_kib}});
+    Ok(PhaseOut { rows, raw })
+}

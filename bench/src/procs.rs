@@ -1,0 +1,214 @@
+//! The processes a run starts: redis-servers, `switchboard serve` stacks,
+//! the reference server. Each is stopped (SIGTERM, then SIGKILL) when its
+//! guard drops, so a failed phase leaves nothing behind; only processes
+//! started here are ever signalled, by their pid.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, bail};
+
+/// The programs a run needs (all from one target directory).
+#[derive(Debug, Clone)]
+pub struct Bins {
+    pub switchboard: PathBuf,
+    pub agent: PathBuf,
+    pub bench: PathBuf,
+}
+
+impl Bins {
+    /// `switchboard`, `stand-in-agent` and `switchboard-bench` in `dir`.
+    pub fn in_dir(dir: &Path) -> anyhow::Result<Self> {
+        let bins = Self {
+            switchboard: dir.join("switchboard"),
+            agent: dir.join("stand-in-agent"),
+            bench: dir.join("switchboard-bench"),
+        };
+        for path in [&bins.switchboard, &bins.agent, &bins.bench] {
+            if !path.is_file() {
+                bail!(
+                    "{} is missing: build with `cargo build --release --bins --workspace` first",
+                    path.display()
+                );
+            }
+        }
+        Ok(bins)
+    }
+}
+
+/// A child process, stopped on drop.
+pub struct Proc {
+    pub name: String,
+    child: Child,
+    stopped: bool,
+}
+
+impl Proc {
+    pub fn spawn(name: &str, command: &mut Command) -> anyhow::Result<Self> {
+        let child = command
+            .spawn()
+            .with_context(|| format!("starting {name} ({command:?})"))?;
+        Ok(Self {
+            name: name.to_string(),
+            child,
+            stopped: false,
+        })
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// Still running?
+    pub fn alive(&mut self) -> bool {
+        matches!(self.child.try_wait(), Ok(None))
+    }
+
+    /// SIGTERM, wait up to `grace`, then SIGKILL. Returns whether it exited
+    /// on its own (after SIGTERM).
+    pub fn stop(&mut self, grace: Duration) -> bool {
+        if self.stopped {
+            return true;
+        }
+        self.stopped = true;
+        let pid = self.child.id() as libc::pid_t;
+        // SAFETY: signalling our own child by its pid; it is not reaped yet
+        // (we still hold the Child), so the pid cannot have been reused.
+        unsafe { libc::kill(pid, libc::SIGTERM) };
+        let deadline = Instant::now() + grace;
+        while Instant::now() < deadline {
+            if let Ok(Some(_)) = self.child.try_wait() {
+                return true;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        // Not reaped yet: killing by pid is still safe. Ignored errors mean
+        // it exited in between, which is what we want.
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        false
+    }
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        self.stop(Duration::from_secs(10));
+    }
+}
+
+/// A free loopback port (bound then released; fine on a quiet loopback).
+pub fn free_port() -> anyhow::Result<u16> {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").context("binding port 0")?;
+    Ok(listener.local_addr()?.port())
+}
+
+/// Wait until `check` holds, polling, or fail after `timeout`.
+pub async fn wait_for<F, Fut>(what: &str, timeout: Duration, mut check: F) -> anyhow::Result<()>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let deadline = Instant::now() + timeout;
+    while !check().await {
+        if Instant::now() > deadline {
+            bail!("timed out after {timeout:?} waiting for {what}");
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    Ok(())
+}
+
+/// A redis-server on a free loopback port, without persistence.
+pub struct Redis {
+    pub proc: Proc,
+    pub url: String,
+}
+
+impl Redis {
+    pub async fn start(dir: &Path) -> anyhow::Result<Self> {
+        std::fs::create_dir_all(dir)?;
+        let port = free_port()?;
+        let proc = Proc::spawn(
+            "redis-server",
+            Command::new("redis-server")
+                .args(["--bind", "127.0.0.1", "--port", &port.to_string()])
+                .args(["--save", "", "--appendonly", "no", "--dir"])
+                .arg(dir)
+                .stdout(Stdio::null()),
+        )?;
+        let url = format!("redis://127.0.0.1:{port}/");
+        let client = redis::Client::open(url.as_str())?;
+        wait_for("redis-server", Duration::from_secs(10), || {
+            let client = client.clone();
+            async move {
+                match client.get_multiplexed_async_connection().await {
+                    Ok(mut c) => redis::cmd("PING")
+                        .query_async::<String>(&mut c)
+                        .await
+                        .is_ok(),
+                    Err(_) => false,
+                }
+            }
+        })
+        .await?;
+        Ok(Self { proc, url })
+    }
+
+    pub async fn connection(&self) -> anyhow::Result<redis::aio::MultiplexedConnection> {
+        Ok(redis::Client::open(self.url.as_str())?
+            .get_multiplexed_async_connection()
+            .await?)
+    }
+}
+
+/// Resident memory of `pid` in KiB (0 when gone).
+pub fn rss_kib(pid: u32) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find_map(|l| l.strip_prefix("VmRSS:"))
+                .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        })
+        .unwrap_or(0)
+}
+
+/// Direct children of `pid` (from /proc), with their command names.
+pub fn children(pid: u32) -> Vec<(u32, String)> {
+    let mut out = Vec::new();
+    let Ok(dir) = std::fs::read_dir("/proc") else {
+        return out;
+    };
+    for entry in dir.flatten() {
+        let Ok(child) = entry.file_name().to_string_lossy().parse::<u32>() else {
+            continue;
+        };
+        let Ok(stat) = std::fs::read_to_string(format!("/proc/{child}/stat")) else {
+            continue;
+        };
+        // pid (comm) state ppid ...: comm may hold spaces; split after ')'.
+        let (Some(open), Some(close)) = (stat.find('('), stat.rfind(')')) else {
+            continue;
+        };
+        let comm = stat[open + 1..close].to_string();
+        let ppid = stat[close + 1..]
+            .split_whitespace()
+            .nth(1)
+            .and_then(|p| p.parse::<u32>().ok());
+        if ppid == Some(pid) {
+            out.push((child, comm));
+        }
+    }
+    out
+}
+
+/// An HTTP GET that answers 200, within a short timeout.
+pub async fn get_ok(http: &reqwest::Client, addr: SocketAddr, path: &str) -> bool {
+    http.get(format!("http://{addr}{path}"))
+        .timeout(Duration::from_secs(2))
+        .send()
+        .await
+        .is_ok_and(|r| r.status().is_success())
+}
