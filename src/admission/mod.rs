@@ -307,6 +307,33 @@ pub async fn usage(
         .await?)
 }
 
+/// Export today's spend and turn counts as metrics
+/// (`switchboard_usage_spend_usd`, `switchboard_usage_turns`), refreshed
+/// every few seconds from Redis, until `shutdown`.
+pub async fn export_usage(queue: Queue, shutdown: tokio_util::sync::CancellationToken) {
+    loop {
+        match usage(&queue, &day(SystemTime::now())).await {
+            Ok(fields) => {
+                for (field, value) in fields {
+                    let (metric, rest) = match field.split_once(':') {
+                        Some(("spend", rest)) => ("switchboard_usage_spend_usd", rest),
+                        Some(("turns", rest)) => ("switchboard_usage_turns", rest),
+                        _ => continue,
+                    };
+                    let (scope, key) = rest.split_once(':').unwrap_or((rest, ""));
+                    metrics::gauge!(metric, "scope" => scope.to_string(), "key" => key.to_string())
+                        .set(value);
+                }
+            }
+            Err(e) => tracing::debug!(error = %e, "usage not exported"),
+        }
+        tokio::select! {
+            _ = shutdown.cancelled() => return,
+            _ = tokio::time::sleep(Duration::from_secs(2)) => {}
+        }
+    }
+}
+
 /// The UTC day of `now`, as `YYYY-MM-DD`.
 pub fn day(now: SystemTime) -> String {
     let days = now

@@ -165,6 +165,10 @@ impl Application {
         let mut readiness = Vec::new();
         if self.role.runs_gateway() {
             tasks.spawn(self.egress()?.run(shutdown.clone()));
+            tasks.spawn(crate::admission::export_usage(
+                self.queue.clone(),
+                shutdown.clone(),
+            ));
             tasks.spawn(reload::on_sighup(
                 self.admission.clone(),
                 self.settings.source.clone(),

@@ -338,6 +338,17 @@ async fn a_user_over_the_daily_cap_is_refused_until_the_day_rolls_over_and_spend
         usage["usage"][format!("turns:user:{TEAM}:UALICE")].as_f64(),
         Some(3.0)
     );
+    // ... and in metrics.
+    let needle = format!("switchboard_usage_spend_usd{{scope=\"user\",key=\"{TEAM}:UALICE\"}}");
+    wait_until(Duration::from_secs(10), "spend in metrics", || {
+        let app = &budgeted;
+        let needle = needle.clone();
+        async move {
+            let spent = metric(app, &needle).await;
+            ((spent - 0.03).abs() < 1e-9).then_some(())
+        }
+    })
+    .await;
     budgeted.stop().await;
     world.stop().await;
 }
