@@ -139,8 +139,16 @@ impl Worker {
                 process.terminate().await;
             }
         }
-        if let Err(e) = shared.queue.deregister(&shared.id).await {
-            tracing::warn!(error = %e, "could not deregister; the heartbeat will lapse instead");
+        // Bounded: when Redis is going away too (a stopping `serve`), the
+        // heartbeat lapsing does the same job.
+        match tokio::time::timeout(Duration::from_secs(2), shared.queue.deregister(&shared.id))
+            .await
+        {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => {
+                tracing::warn!(error = %e, "could not deregister; the heartbeat will lapse instead")
+            }
+            Err(_) => tracing::warn!("deregistering timed out; the heartbeat will lapse instead"),
         }
         tracing::info!(worker = %shared.id, "worker stopped");
         Ok(())

@@ -344,7 +344,11 @@ async fn real_claude_cli_in_the_pool_recycles_and_resumes_from_redis() {
     use crate::queue_support::*;
     let stub = AnthropicStub::start().await;
     let redis = crate::helpers::TestRedis::start();
-    let (queue, _) = test_queue(&redis, "cli-pool", pool_queue_settings());
+    // The real CLI is heavy: leases long enough for a loaded machine.
+    let mut queue_settings = pool_queue_settings();
+    queue_settings.lease_ttl = Duration::from_secs(15);
+    queue_settings.lease_margin = Duration::from_secs(5);
+    let (queue, _) = test_queue(&redis, "cli-pool", queue_settings);
     let dir = tempfile::tempdir().expect("tempdir");
     let mut agent = cli_settings(&stub);
     agent.slots_dir = dir.path().to_path_buf();

@@ -66,8 +66,8 @@ async fn serve_killed_with_sigkill_leaves_no_redis_behind() {
     serve.child.kill().expect("kill -9");
     serve.child.wait().expect("reap");
     wait_until(
-        Duration::from_secs(10),
-        "redis-server to die with its parent",
+        Duration::from_secs(30),
+        "its children to die with it",
         || {
             let left = children.iter().any(|&p| alive(p));
             async move { (!left).then_some(()) }

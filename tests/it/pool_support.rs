@@ -28,10 +28,12 @@ pub fn agent_settings(slots_dir: &std::path::Path) -> AgentSettings {
 
 pub fn pool_queue_settings() -> QueueSettings {
     QueueSettings {
-        lease_ttl: Duration::from_secs(2),
-        lease_margin: Duration::from_millis(700),
+        // Short enough that reclaiming is quick in tests, long enough that
+        // a loaded 2-core machine does not lose leases or heartbeats.
+        lease_ttl: Duration::from_secs(4),
+        lease_margin: Duration::from_millis(1500),
         reaper_interval: Duration::from_millis(100),
-        heartbeat_ttl: Duration::from_secs(1),
+        heartbeat_ttl: Duration::from_secs(3),
         ..QueueSettings::default()
     }
 }
