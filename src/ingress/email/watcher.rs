@@ -18,6 +18,9 @@ use super::connect::{self, ImapError, ImapSession};
 use super::intake::{Handled, Intake};
 use super::state::{MailboxState, Progress};
 
+/// Longest IDLE wait before a catch-up, whatever the server announced.
+const IDLE_SAFETY_NET: std::time::Duration = std::time::Duration::from_secs(15);
+
 /// How long a mailbox lease lasts without renewal.
 const LEASE_TTL: Duration = Duration::from_secs(15);
 const MIN_BACKOFF: Duration = Duration::from_millis(200);
@@ -151,8 +154,8 @@ impl Watcher {
         }
     }
 
-    /// IDLE until the server reports news or it is time to renew. `None`:
-    /// stopped.
+    /// IDLE until the server reports news, it is time to renew, or the
+    /// safety-net catch-up is due. `None`: stopped.
     async fn idle(
         &self,
         session: ImapSession,
@@ -161,7 +164,12 @@ impl Watcher {
         let mut handle = session.idle();
         handle.init().await?;
         let response = {
-            let (wait, _interrupt) = handle.wait_with_timeout(self.mailbox.idle_renew);
+            // Mail that lands between the catch-up and the IDLE command is
+            // not always announced once IDLE starts (seen with Dovecot after
+            // a reconnect), so IDLE also ends every IDLE_SAFETY_NET for a
+            // catch-up: a missed notification costs seconds, not minutes.
+            let wait_for = self.mailbox.idle_renew.min(IDLE_SAFETY_NET);
+            let (wait, _interrupt) = handle.wait_with_timeout(wait_for);
             tokio::select! {
                 response = wait => response?,
                 _ = stop.cancelled() => return Ok(None),
