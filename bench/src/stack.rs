@@ -154,7 +154,9 @@ impl Stack {
             let want = self.spec.slots as usize;
             wait_for(
                 "every slot's agent to be ready",
-                Duration::from_secs(30),
+                // Agents start slowly on a loaded 2-core machine (debug
+                // builds in CI); generous, it only bounds a stuck start.
+                Duration::from_secs(120),
                 || async { self.ready_pids().len() >= want },
             )
             .await?;
