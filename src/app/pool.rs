@@ -11,7 +11,7 @@ use tokio_util::task::TaskTracker;
 
 use super::{Application, Role};
 use crate::pool::runtime::ProcessRuntime;
-use crate::pool::{PoolRuntime, Worker, WorkerSettings};
+use crate::pool::{ALIVE_FILE, PoolRuntime, Worker, WorkerSettings};
 use crate::queue::{Queue, WorkerId};
 
 impl Application {
@@ -48,6 +48,7 @@ impl Application {
             update_interval: self.settings.egress.update_interval,
             blocking_read: self.settings.redis.blocking_read,
             max_wait: Some(self.settings.admission.max_wait),
+            alive_file: Some(self.settings.data_dir.join(ALIVE_FILE)),
         };
         Ok(Worker::new(
             worker_id(),

@@ -86,6 +86,13 @@ pub struct Secrets {
     pub admin_token: Option<Secret>,
     /// `ANTHROPIC_API_KEY`: the agent's own API key, passed to agents only.
     pub anthropic_api_key: Option<Secret>,
+    /// `SWITCHBOARD_WORKER_REDIS_PASSWORD`: the password of the worker Redis
+    /// user (`pool.worker_redis_user`), from which workers' Redis URL is made.
+    pub worker_redis_password: Option<Secret>,
+    /// `WORKER_REDIS_URL`: the whole Redis URL workers use, when it cannot be
+    /// made from REDIS_URL (e.g. Redis at another address on the pool's
+    /// network).
+    pub worker_redis_url: Option<Secret>,
     /// Mail passwords, by the environment variable a mailbox names
     /// (`imap_password_env`, `smtp_password_env`). Unset ones are absent.
     pub mail_passwords: std::collections::BTreeMap<String, Secret>,
@@ -249,11 +256,17 @@ impl Secrets {
                 "agent.api_key_file",
                 &settings.agent.api_key_file,
             )?,
+            worker_redis_password: secret(
+                "SWITCHBOARD_WORKER_REDIS_PASSWORD",
+                "pool.worker_redis_password_file",
+                &settings.pool.worker_redis_password_file,
+            )?,
+            worker_redis_url: secret("WORKER_REDIS_URL", "", &None)?,
             mail_passwords: mail_passwords(&settings.email),
         })
     }
 
-    fn listing(&self) -> [(&'static str, &Option<Secret>); 6] {
+    fn listing(&self) -> [(&'static str, &Option<Secret>); 8] {
         [
             ("REDIS_URL", &self.redis_url),
             ("SLACK_SIGNING_SECRET", &self.slack_signing_secret),
@@ -261,6 +274,11 @@ impl Secrets {
             ("SLACK_APP_TOKEN", &self.slack_app_token),
             ("SWITCHBOARD_ADMIN_TOKEN", &self.admin_token),
             ("ANTHROPIC_API_KEY", &self.anthropic_api_key),
+            (
+                "SWITCHBOARD_WORKER_REDIS_PASSWORD",
+                &self.worker_redis_password,
+            ),
+            ("WORKER_REDIS_URL", &self.worker_redis_url),
         ]
     }
 }

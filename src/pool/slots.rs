@@ -23,6 +23,10 @@ pub enum SlotState {
     Busy,
     /// Could not be started; retried by maintenance.
     Failed,
+    /// Being stopped because the pool shrank (its conversation handed back).
+    Stopping,
+    /// Stopped: beyond the pool's current size.
+    Retired,
 }
 
 /// What is known of one slot.
@@ -42,6 +46,9 @@ pub struct SlotMeta {
     pub started_at: Option<SystemTime>,
     /// When the current process was started (monotonic).
     pub started: Option<Instant>,
+    /// The pool shrank past this slot: it takes no new conversation and is
+    /// stopped as soon as it is idle.
+    pub retiring: bool,
 }
 
 impl SlotMeta {
@@ -57,12 +64,18 @@ impl SlotMeta {
             rss_bytes: None,
             started_at: None,
             started: None,
+            retiring: false,
         }
     }
 
     /// Can take a claimed conversation (possibly after eviction).
     pub fn available(&self) -> bool {
-        matches!(self.state, SlotState::Fresh | SlotState::Bound)
+        matches!(self.state, SlotState::Fresh | SlotState::Bound) && !self.retiring
+    }
+
+    /// Idle with its conversation (a warm follow-up or an eviction target).
+    fn bound(&self) -> bool {
+        self.state == SlotState::Bound && !self.retiring
     }
 }
 
@@ -119,11 +132,14 @@ pub fn assign(
                 .iter()
                 .find(|s| s.index == o.slot && s.generation == o.generation)
         })
-        .filter(|s| s.state == SlotState::Bound && s.conversation.as_ref() == Some(cid))
+        .filter(|s| s.bound() && s.conversation.as_ref() == Some(cid))
         .map(|s| s.index);
     let assignment = if let Some(slot) = warm {
         Assignment::Warm { slot }
-    } else if let Some(fresh) = table.iter().find(|s| s.state == SlotState::Fresh) {
+    } else if let Some(fresh) = table
+        .iter()
+        .find(|s| s.state == SlotState::Fresh && !s.retiring)
+    {
         if has_session {
             Assignment::Restart {
                 slot: fresh.index,
@@ -135,7 +151,7 @@ pub fn assign(
     } else {
         let lru = table
             .iter()
-            .filter(|s| s.state == SlotState::Bound)
+            .filter(|s| s.bound())
             .min_by_key(|s| s.last_used)?;
         let evicted = lru.conversation.clone().map(|c| {
             (
@@ -276,6 +292,33 @@ mod tests {
         let mut t = table(&[SlotState::Busy, SlotState::Starting]);
         assert_eq!(
             assign(&mut t, &me(), &ConversationId::new("c"), None, false),
+            None
+        );
+    }
+
+    #[test]
+    fn retiring_slots_take_nothing_not_even_their_own_follow_up() {
+        let mut t = table(&[SlotState::Fresh, SlotState::Bound, SlotState::Fresh]);
+        t[0].retiring = true;
+        t[1].retiring = true;
+        // c1's warm slot is retiring: the follow-up resumes on slot 2.
+        let got = assign(
+            &mut t,
+            &me(),
+            &ConversationId::new("c1"),
+            Some(&owner(1, 1)),
+            true,
+        );
+        assert_eq!(
+            got,
+            Some(Assignment::Restart {
+                slot: 2,
+                evicted: None
+            })
+        );
+        // Nothing else is left: retiring slots are neither fresh nor evictable.
+        assert_eq!(
+            assign(&mut t, &me(), &ConversationId::new("n"), None, false),
             None
         );
     }

@@ -10,6 +10,7 @@ pub(super) fn worker_status(shared: &Shared) -> Value {
     let table = lock(&shared.table);
     let slots: Vec<Value> = table
         .iter()
+        .filter(|s| s.state != super::slots::SlotState::Retired)
         .map(|s| {
             json!({
                 "index": s.index,
@@ -28,6 +29,7 @@ pub(super) fn worker_status(shared: &Shared) -> Value {
         "worker": shared.id.as_str(),
         "pid": std::process::id(),
         "rss_bytes": own_rss(),
+        "target_slots": shared.target_slots.load(std::sync::atomic::Ordering::Relaxed),
         "slots": slots,
     })
 }

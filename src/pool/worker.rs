@@ -5,6 +5,7 @@
 //! idle or worn-out slots are replaced, and nothing is lost on shutdown.
 
 use std::path::PathBuf;
+use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime};
 
@@ -18,6 +19,7 @@ use crate::agent::{
 use crate::queue::{Claim, ClaimOutcome, Queue, QueueError, WorkerId};
 
 use super::PoolSettings;
+use super::settings::MAX_SLOTS;
 use super::slots::{Assignment, SlotMeta, SlotState, assign};
 
 /// Why the worker cannot run.
@@ -46,6 +48,9 @@ pub struct WorkerSettings {
     /// A batch whose first message waited longer is not run (admission's
     /// `max_wait`); `None`: no limit.
     pub max_wait: Option<Duration>,
+    /// Touched on every successful heartbeat, for `switchboard worker-alive`
+    /// (a container health check or Kubernetes probe).
+    pub alive_file: Option<PathBuf>,
 }
 
 /// A slot's process, owned by whichever task has the slot Busy/Starting.
@@ -58,8 +63,14 @@ pub(super) struct Shared {
     pub launcher: Arc<dyn AgentLauncher>,
     pub settings: WorkerSettings,
     pub slots_base: PathBuf,
+    /// One row per slot ever started; rows are never removed (a slot past
+    /// the pool's size is Retired), so indexes stay valid.
     pub table: Mutex<Vec<SlotMeta>>,
+    /// `MAX_SLOTS` cells: room to grow without reallocating.
     pub processes: Vec<ProcessCell>,
+    /// How many slots the worker should run now (the pool's published shape,
+    /// else `pool.slots_per_container`).
+    pub target_slots: AtomicU32,
     /// Signalled whenever a slot may have become available.
     pub changed: Notify,
     /// Cancelled when running turns must stop (after the drain deadline).
@@ -95,7 +106,10 @@ impl Worker {
                 queue,
                 launcher,
                 table: Mutex::new((0..n).map(SlotMeta::new).collect()),
-                processes: (0..n).map(|_| tokio::sync::Mutex::new(None)).collect(),
+                processes: (0..MAX_SLOTS.max(n))
+                    .map(|_| tokio::sync::Mutex::new(None))
+                    .collect(),
+                target_slots: AtomicU32::new(n),
                 settings,
                 slots_base: base,
                 changed: Notify::new(),
@@ -114,12 +128,13 @@ impl Worker {
     pub async fn run(self, shutdown: CancellationToken) -> Result<(), WorkerError> {
         let shared = self.shared;
         shared.queue.heartbeat(&shared.id).await?;
-        tracing::info!(worker = %shared.id, slots = shared.processes.len(), "worker starting its slots");
+        let initial = lock(&shared.table).len() as u32;
+        tracing::info!(worker = %shared.id, slots = initial, "worker starting its slots");
         let background = TaskTracker::new();
         let stop_background = CancellationToken::new();
         background.spawn(heartbeat(shared.clone(), stop_background.clone()));
         // Every slot is started before the worker claims anything.
-        let starts: Vec<_> = (0..shared.processes.len() as u32)
+        let starts: Vec<_> = (0..initial)
             .map(|i| tokio::spawn(restart_slot(shared.clone(), i, SessionStart::New)))
             .collect();
         for start in starts {
@@ -360,12 +375,18 @@ pub(super) async fn replace_process(
 async fn heartbeat(shared: Arc<Shared>, stop: CancellationToken) {
     let every = shared.queue.settings().heartbeat_ttl / 3;
     loop {
-        match shared.queue.heartbeat(&shared.id).await {
+        let beat = shared.queue.heartbeat(&shared.id).await;
+        match &beat {
             Ok(true) => {}
             Ok(false) => {
                 tracing::warn!(worker = %shared.id, "heartbeat had lapsed; registered again")
             }
             Err(e) => tracing::warn!(error = %e, "heartbeat failed"),
+        }
+        if let (Ok(_), Some(path)) = (&beat, &shared.settings.alive_file)
+            && let Err(e) = tokio::fs::write(path, shared.id.as_str()).await
+        {
+            tracing::warn!(path = %path.display(), error = %e, "cannot touch the liveness file");
         }
         let status = super::status::worker_status(&shared);
         if let Err(e) = shared.queue.publish_status(&shared.id, &status).await {
@@ -378,13 +399,26 @@ async fn heartbeat(shared: Arc<Shared>, stop: CancellationToken) {
     }
 }
 
-/// Idle timeouts, keeping `min_fresh` fresh slots, retrying failed starts.
+/// Resizing, idle timeouts, keeping `min_fresh` fresh slots, retrying
+/// failed starts.
 async fn maintain(shared: Arc<Shared>, stop: CancellationToken) {
     let mut failed_since: Vec<Option<Instant>> = vec![None; shared.processes.len()];
+    let mut tick: u64 = 0;
     loop {
         tokio::select! {
             _ = stop.cancelled() => return,
             _ = tokio::time::sleep(Duration::from_millis(500)) => {}
+        }
+        tick += 1;
+        if tick % 2 == 1 {
+            follow_shape(&shared).await;
+        }
+        let (start, retire) = resize(&shared);
+        for index in start {
+            tokio::spawn(restart_slot(shared.clone(), index, SessionStart::New));
+        }
+        for index in retire {
+            tokio::spawn(retire_slot(shared.clone(), index));
         }
         for index in pick_maintenance(&shared, &mut failed_since) {
             super::turn::evict(&shared, index).await;
@@ -393,12 +427,91 @@ async fn maintain(shared: Arc<Shared>, stop: CancellationToken) {
     }
 }
 
+/// Take the slot count from the pool's published shape (the manager's
+/// current config), else keep this worker's own.
+async fn follow_shape(shared: &Shared) {
+    let wanted = match shared.queue.pool_shape().await {
+        Ok(Some(shape)) => shape.slots_per_container,
+        Ok(None) => shared.settings.pool.slots_per_container,
+        Err(e) => {
+            tracing::debug!(error = %e, "pool shape not read");
+            return;
+        }
+    };
+    if wanted == 0 || wanted > MAX_SLOTS {
+        tracing::warn!(
+            wanted,
+            "ignoring a published pool shape with an invalid slot count"
+        );
+        return;
+    }
+    let before = shared.target_slots.swap(wanted, Ordering::Relaxed);
+    if before != wanted {
+        tracing::info!(worker = %shared.id, from = before, to = wanted, "resizing: slots per container");
+    }
+}
+
+/// Bring the table to `target_slots`: slots below it that were retired
+/// start again (ready before they take work); slots at or above it stop
+/// taking work and, once idle, are retired. Returns (to start, to retire),
+/// already marked Starting / Stopping.
+fn resize(shared: &Shared) -> (Vec<u32>, Vec<u32>) {
+    let target = shared.target_slots.load(Ordering::Relaxed);
+    let mut table = lock(&shared.table);
+    let (mut start, mut retire) = (Vec::new(), Vec::new());
+    for slot in table.iter_mut() {
+        if slot.index < target {
+            slot.retiring = false;
+            if slot.state == SlotState::Retired {
+                slot.state = SlotState::Starting;
+                start.push(slot.index);
+            }
+        } else {
+            slot.retiring = true;
+            if matches!(
+                slot.state,
+                SlotState::Fresh | SlotState::Bound | SlotState::Failed
+            ) {
+                slot.state = SlotState::Stopping;
+                retire.push(slot.index);
+            }
+        }
+    }
+    for index in table.len() as u32..target {
+        table.push(SlotMeta::new(index));
+        start.push(index);
+    }
+    (start, retire)
+}
+
+/// Stop a slot the pool no longer has room for: hand its conversation back
+/// (it resumes from its stored session wherever it is claimed next), stop
+/// its process, and mark it Retired.
+async fn retire_slot(shared: Arc<Shared>, index: u32) {
+    super::turn::evict(&shared, index).await;
+    if let Some(mut process) = shared.processes[index as usize].lock().await.take() {
+        process.terminate().await;
+    }
+    {
+        let mut table = lock(&shared.table);
+        let slot = &mut table[index as usize];
+        slot.state = SlotState::Retired;
+        slot.conversation = None;
+        slot.pid = None;
+        slot.rss_bytes = None;
+        slot.started = None;
+        slot.started_at = None;
+    }
+    tracing::info!(worker = %shared.id, slot = index, "slot retired (pool shrank)");
+    shared.changed.notify_waiters();
+}
+
 /// Which slots maintenance restarts now (marked Starting).
 fn pick_maintenance(shared: &Shared, failed_since: &mut [Option<Instant>]) -> Vec<u32> {
     let pool = &shared.settings.pool;
     let mut table = lock(&shared.table);
     let mut picked = Vec::new();
-    for slot in table.iter() {
+    for slot in table.iter().filter(|s| !s.retiring) {
         let i = slot.index as usize;
         match slot.state {
             SlotState::Failed => {
@@ -416,13 +529,13 @@ fn pick_maintenance(shared: &Shared, failed_since: &mut [Option<Instant>]) -> Ve
     }
     let fresh = table
         .iter()
-        .filter(|s| matches!(s.state, SlotState::Fresh | SlotState::Starting))
+        .filter(|s| !s.retiring && matches!(s.state, SlotState::Fresh | SlotState::Starting))
         .count() as u32
         + picked.len() as u32;
     if fresh < pool.min_fresh {
         let mut bound: Vec<&SlotMeta> = table
             .iter()
-            .filter(|s| s.state == SlotState::Bound && !picked.contains(&s.index))
+            .filter(|s| s.state == SlotState::Bound && !s.retiring && !picked.contains(&s.index))
             .collect();
         bound.sort_by_key(|s| s.last_used);
         picked.extend(

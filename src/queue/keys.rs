@@ -113,6 +113,16 @@ impl ShardKeys {
     pub fn lead(&self, role: &str) -> String {
         format!("{}:lead:{}", self.base, role)
     }
+    /// String with TTL: the pool's wanted shape (containers, slots per
+    /// container), kept by the gateway that manages the pool.
+    pub fn pool_shape(&self) -> String {
+        format!("{}:pool:shape", self.base)
+    }
+    /// Sorted set: gateway -> liveness deadline (ms), of gateways that manage
+    /// the pool (so a stopping leader knows whether another takes over).
+    pub fn pool_managers(&self) -> String {
+        format!("{}:pool:managers", self.base)
+    }
     /// Hash: what egress has sent for a reply part (Slack ts, seq, pending).
     pub fn reply_state(&self, reply_id: &str) -> String {
         format!("{}:reply:{}", self.base, reply_id)

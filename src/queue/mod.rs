@@ -11,6 +11,7 @@ mod admin;
 mod keys;
 mod lease;
 mod outbox;
+mod pool;
 mod reaper;
 mod scripts;
 mod settings;
@@ -26,6 +27,7 @@ use crate::store::RedisPool;
 
 pub use keys::{Keys, ShardKeys};
 pub use lease::LeaseKeeper;
+pub use pool::PoolShape;
 pub use reaper::Reaper;
 pub use scripts::ScriptCall;
 pub use settings::QueueSettings;

@@ -30,6 +30,7 @@ pub struct Scripts {
     pub requeue_dead: Script,
     pub disown: Script,
     pub lead: Script,
+    pub release: Script,
     pub take_tokens: Script,
     pub notice: Script,
 }
@@ -51,6 +52,7 @@ impl Scripts {
             requeue_dead: script!("requeue_dead.lua"),
             disown: script!("disown.lua"),
             lead: script!("lead.lua"),
+            release: script!("release.lua"),
             take_tokens: script!("take_tokens.lua"),
             notice: script!("notice.lua"),
         }

@@ -2,6 +2,7 @@
 //! the queue: a response timeout longer than any blocking read, and no
 //! eviction policy that could drop a queue key.
 
+pub mod acl;
 pub mod embedded;
 
 use deadpool_redis::{Manager, Pool, Runtime};

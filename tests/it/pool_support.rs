@@ -60,6 +60,7 @@ impl TestWorker {
             update_interval: Duration::from_millis(200),
             blocking_read: Duration::from_millis(500),
             max_wait: None,
+            alive_file: None,
         };
         let launcher = agent::launcher(&agent).expect("launcher");
         let w = Worker::new(id.clone(), queue.clone(), launcher, settings).expect("worker");

@@ -405,7 +405,18 @@ async fn a_reply_too_old_is_dead_lettered_when_so_configured() {
         s.egress.stale_replies = switchboard::config::StaleReplies::Drop;
     })
     .await;
-    let ts = world.mention("C0DROP", "[[delay:300]] too late").await;
+    // The first post is rate limited for a second, so the reply is surely
+    // older than 1 ms when egress tries again (on a fast machine it can be
+    // younger than that at the first try). No [[delay]]: a progress update
+    // could carry the text before the final reply is dropped.
+    world.stub.fail_next(
+        "chat.postMessage",
+        1,
+        Failure::RateLimited {
+            retry_after_secs: 1,
+        },
+    );
+    let ts = world.mention("C0DROP", "too late").await;
     wait_until(Duration::from_secs(60), "the dead letter", || {
         let queue = world.queue.clone();
         async move {
