@@ -14,6 +14,7 @@ mod pool_process;
 mod pool_support;
 mod queue;
 mod queue_chaos;
+mod queue_metrics;
 mod queue_process;
 mod queue_support;
 mod slack_api_stub;
