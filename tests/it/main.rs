@@ -5,6 +5,7 @@ mod agent;
 mod anthropic_stub;
 mod claude_cli;
 mod console;
+mod deploy;
 mod email;
 mod foundation;
 mod helpers;
