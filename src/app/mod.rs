@@ -169,6 +169,10 @@ impl Application {
                 self.queue.clone(),
                 shutdown.clone(),
             ));
+            tasks.spawn(crate::queue::export_depth(
+                self.queue.clone(),
+                shutdown.clone(),
+            ));
             tasks.spawn(reload::on_sighup(
                 self.admission.clone(),
                 self.settings.source.clone(),

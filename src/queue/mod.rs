@@ -8,6 +8,7 @@
 //! machine and why each rule holds.
 
 mod admin;
+mod depth;
 mod keys;
 mod lease;
 mod outbox;
@@ -25,6 +26,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use crate::domain::{ConversationId, Destination, InboundMessage};
 use crate::store::RedisPool;
 
+pub use depth::{DEPTH_EXPORT_INTERVAL, PoolSummary, QueueDepth, export_depth};
 pub use keys::{Keys, ShardKeys};
 pub use lease::LeaseKeeper;
 pub use pool::PoolShape;
