@@ -28,6 +28,21 @@ enum Command {
     Worker,
     /// Validate the config and print it, secrets redacted.
     CheckConfig,
+    /// Exit 0 when this machine's worker had a successful Redis heartbeat
+    /// lately (a container health check or Kubernetes probe).
+    WorkerAlive {
+        /// Oldest acceptable heartbeat (default: 3 x queue.heartbeat_ttl).
+        #[arg(long, value_parser = humantime::parse_duration)]
+        max_age: Option<std::time::Duration>,
+    },
+    /// Print the worker Redis user's ACL rule (for an ACL file, or with
+    /// --setuser as an ACL SETUSER command), from pool.worker_redis_user,
+    /// redis.key_prefix and SWITCHBOARD_WORKER_REDIS_PASSWORD.
+    RedisAcl {
+        /// Print `ACL SETUSER ...` instead of an ACL file line.
+        #[arg(long)]
+        setuser: bool,
+    },
     /// Talk to the pool from this terminal (through a running gateway).
     Chat {
         /// Conversation name; the same name continues a conversation.
@@ -50,6 +65,20 @@ fn main() -> ExitCode {
             print!("{}", settings.render_redacted());
             return ExitCode::SUCCESS;
         }
+        Command::WorkerAlive { max_age } => {
+            let max_age = max_age.unwrap_or(settings.queue.heartbeat_ttl * 3);
+            return match switchboard::pool::check_alive(&settings.data_dir, max_age) {
+                Ok(age) => {
+                    println!("alive: last heartbeat {} ms ago", age.as_millis());
+                    ExitCode::SUCCESS
+                }
+                Err(e) => {
+                    eprintln!("switchboard: worker not alive: {e}");
+                    ExitCode::FAILURE
+                }
+            };
+        }
+        Command::RedisAcl { setuser } => return redis_acl(&settings, setuser),
         Command::Serve => Role::Serve,
         Command::Gateway => Role::Gateway,
         Command::Worker => Role::Worker,
@@ -71,6 +100,34 @@ fn main() -> ExitCode {
             tracing::error!("{e:#}");
             eprintln!("switchboard: {e:#}");
             ExitCode::FAILURE
+        }
+    }
+}
+
+fn redis_acl(settings: &Settings, setuser: bool) -> ExitCode {
+    let Some(password) = &settings.secrets.worker_redis_password else {
+        eprintln!(
+            "switchboard: set SWITCHBOARD_WORKER_REDIS_PASSWORD (or \
+             pool.worker_redis_password_file) to the worker user's password"
+        );
+        return ExitCode::from(2);
+    };
+    let user = &settings.pool.worker_redis_user;
+    let prefix = &settings.redis.key_prefix;
+    let made = if setuser {
+        switchboard::store::acl::worker_rules(prefix, password)
+            .map(|rules| format!("ACL SETUSER {user} {}", rules.join(" ")))
+    } else {
+        switchboard::store::acl::worker_acl_line(user, prefix, password)
+    };
+    match made {
+        Ok(line) => {
+            println!("{line}");
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("switchboard: {e}");
+            ExitCode::from(2)
         }
     }
 }

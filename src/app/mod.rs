@@ -161,7 +161,13 @@ impl Application {
     pub async fn run_until_stopped(self, shutdown: CancellationToken) -> anyhow::Result<()> {
         let tasks = TaskTracker::new();
         tasks.spawn(Reaper::new(self.queue.clone()).run(shutdown.clone()));
-        self.start_pool(&tasks, &shutdown)?;
+        let pool_shape = self.start_pool(&tasks, &shutdown).await?;
+        let reloader = reload::Reloader {
+            admission: self.admission.clone(),
+            source: self.settings.source.clone(),
+            pool: pool_shape,
+            started_with: self.settings.pool.clone(),
+        };
         let mut readiness = Vec::new();
         if self.role.runs_gateway() {
             tasks.spawn(self.egress()?.run(shutdown.clone()));
@@ -173,9 +179,8 @@ impl Application {
                 self.queue.clone(),
                 shutdown.clone(),
             ));
-            tasks.spawn(reload::on_sighup(
-                self.admission.clone(),
-                self.settings.source.clone(),
+            tasks.spawn(reload::on_sighup_or_change(
+                reloader.clone(),
                 shutdown.clone(),
             ));
             if let Some(socket) = self.socket_mode()? {
@@ -207,10 +212,7 @@ impl Application {
         if let Some(listener) = self.admin {
             let router = admin_router(
                 self.settings.secrets.admin_token.clone(),
-                pool::admin_routes(self.queue.clone()).merge(reload::admin_routes(
-                    self.admission.clone(),
-                    self.settings.source.clone(),
-                )),
+                pool::admin_routes(self.queue.clone()).merge(reload::admin_routes(reloader)),
             );
             serve(&tasks, "admin", listener, router, shutdown.clone());
         }

@@ -10,18 +10,34 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use super::{Application, Role};
-use crate::pool::runtime::ProcessRuntime;
+use std::time::Duration;
+
+use tokio::sync::watch;
+
+use crate::pool::docker::{DockerRuntime, DockerRuntimeParts};
+use crate::pool::runtime::{ProcessRuntime, publish_shape};
 use crate::pool::{ALIVE_FILE, PoolRuntime, Worker, WorkerSettings};
-use crate::queue::{Queue, WorkerId};
+use crate::queue::{PoolShape, Queue, WorkerId};
+use crate::store::acl::{self, WorkerRedis};
+
+/// How long a published pool shape lasts unrefreshed (workers then go
+/// back to their own config).
+const SHAPE_TTL: Duration = Duration::from_secs(30);
 
 impl Application {
-    /// Start what this role runs of the pool.
-    pub(super) fn start_pool(
+    /// Start what this role runs of the pool. Returns the handle that
+    /// resizes it while running, when this process manages the pool.
+    pub(super) async fn start_pool(
         &self,
         tasks: &TaskTracker,
         shutdown: &CancellationToken,
-    ) -> anyhow::Result<()> {
-        match (self.role, self.settings.pool.runtime) {
+    ) -> anyhow::Result<Option<watch::Sender<PoolShape>>> {
+        let pool = &self.settings.pool;
+        let (shape_tx, shape_rx) = watch::channel(PoolShape {
+            containers: pool.containers,
+            slots_per_container: pool.slots_per_container,
+        });
+        match (self.role, pool.runtime) {
             (Role::Worker, _) => {
                 let worker = self.worker()?;
                 let shutdown = shutdown.clone();
@@ -32,12 +48,74 @@ impl Application {
                 });
             }
             (Role::Serve, PoolRuntime::Process) => {
-                let runtime = self.process_runtime()?;
-                tasks.spawn(runtime.run(shutdown.clone()));
+                let runtime = self.process_runtime().await?;
+                tasks.spawn(publish_shape(
+                    self.queue.clone(),
+                    shape_rx.clone(),
+                    SHAPE_TTL,
+                    shutdown.clone(),
+                ));
+                tasks.spawn(runtime.run(shape_rx, shutdown.clone()));
+                return Ok(Some(shape_tx));
+            }
+            (Role::Serve | Role::Gateway, PoolRuntime::Docker) => {
+                let runtime = self.docker_runtime().await?;
+                tasks.spawn(runtime.run(shape_rx, shutdown.clone()));
+                return Ok(Some(shape_tx));
             }
             _ => {}
         }
-        Ok(())
+        Ok(None)
+    }
+
+    /// How workers reach Redis, and the worker user installed when asked.
+    async fn worker_redis(&self, in_container: bool) -> anyhow::Result<WorkerRedis> {
+        let pool = &self.settings.pool;
+        let secrets = &self.settings.secrets;
+        let mut redis = acl::worker_redis(
+            &self.redis_url,
+            secrets.worker_redis_url.as_ref(),
+            &pool.worker_redis_user,
+            secrets.worker_redis_password.as_ref(),
+            in_container,
+        )
+        .map_err(|e| anyhow::anyhow!(e))?;
+        if let Some(socket) = &pool.docker.redis_socket {
+            redis.socket = Some(socket.clone());
+        }
+        if let (Some(password), true, None) = (
+            &secrets.worker_redis_password,
+            pool.docker.install_acl,
+            &secrets.worker_redis_url,
+        ) {
+            self.install_worker_acl(password).await?;
+        }
+        Ok(redis)
+    }
+
+    /// `ACL SETUSER` the worker user (prefix, commands, password).
+    async fn install_worker_acl(&self, password: &crate::config::Secret) -> anyhow::Result<()> {
+        let pool = &self.settings.pool;
+        let rules = acl::worker_rules(&self.settings.redis.key_prefix, password)?;
+        let mut conn = self.redis.get().await.context("Redis connection")?;
+        let mut cmd = redis::cmd("ACL");
+        cmd.arg("SETUSER").arg(&pool.worker_redis_user).arg(&rules);
+        match cmd.query_async::<()>(&mut *conn).await {
+            Ok(()) => {
+                tracing::info!(user = %pool.worker_redis_user, "worker Redis user installed");
+                Ok(())
+            }
+            Err(e) => {
+                tracing::warn!(
+                    user = %pool.worker_redis_user,
+                    error = %e,
+                    "cannot install the worker Redis user (set pool.docker.install_acl = false \
+                     and load `switchboard redis-acl` into Redis's ACL file instead); workers \
+                     will fail to connect unless it exists"
+                );
+                Ok(())
+            }
+        }
     }
 
     fn worker(&self) -> anyhow::Result<Worker> {
@@ -58,7 +136,7 @@ impl Application {
         )?)
     }
 
-    fn process_runtime(&self) -> anyhow::Result<ProcessRuntime> {
+    async fn process_runtime(&self) -> anyhow::Result<ProcessRuntime> {
         let program = std::env::current_exe().context("locating the switchboard binary")?;
         let dir = &self.settings.data_dir;
         std::fs::create_dir_all(dir)
@@ -66,16 +144,37 @@ impl Application {
         let config_file = dir.join("worker.toml");
         std::fs::write(&config_file, self.settings.render_redacted())
             .with_context(|| format!("writing {}", config_file.display()))?;
-        let pool = &self.settings.pool;
-        let agent = &self.settings.agent;
+        let redis = self.worker_redis(false).await?;
         Ok(ProcessRuntime {
             program,
             config_file,
-            redis_url: self.redis_url.clone(),
+            redis_url: redis.url,
             agent_api_key: self.settings.secrets.anthropic_api_key.clone(),
-            containers: pool.containers,
-            stop_timeout: pool.drain_timeout + agent.interrupt_grace + agent.terminate_timeout,
+            stop_timeout: self.worker_stop_timeout(),
         })
+    }
+
+    async fn docker_runtime(&self) -> anyhow::Result<DockerRuntime> {
+        let pool = &self.settings.pool;
+        let redis = self.worker_redis(true).await?;
+        let parts = DockerRuntimeParts {
+            queue: self.queue.clone(),
+            settings: pool.docker.clone(),
+            image: pool.image.clone(),
+            holder: format!("gateway-{}", process_name()),
+            redis_url: redis.url,
+            redis_socket: redis.socket,
+            agent_api_key: self.settings.secrets.anthropic_api_key.clone(),
+            config_toml: self.settings.render_redacted(),
+            stop_timeout: self.worker_stop_timeout(),
+        };
+        Ok(DockerRuntime::connect(parts).await?)
+    }
+
+    /// How long a worker may take to drain and stop.
+    fn worker_stop_timeout(&self) -> Duration {
+        let (pool, agent) = (&self.settings.pool, &self.settings.agent);
+        pool.drain_timeout + agent.interrupt_grace + agent.terminate_timeout
     }
 }
 

@@ -1,6 +1,7 @@
 //! The warm agent pool: workers (one per pool container), their slots (one
 //! long-lived agent process each), and the runtime that starts workers.
 
+pub mod docker;
 mod progress;
 pub mod runtime;
 mod settings;

@@ -1,18 +1,23 @@
 //! The process runtime: `serve` runs the pool's containers as local
 //! `switchboard worker` processes, restarts one that exits (with backoff),
-//! and stops them (drain first) when it stops. A worker's environment holds
-//! only the Redis URL: no Slack token, signing secret or mail password.
+//! follows the wanted shape while running (more workers are started, the
+//! highest-numbered ones drained and stopped), and stops them (drain first)
+//! when it stops. A worker's environment holds only the Redis URL (the
+//! worker user's, when its password is set) and the agent's key: no Slack
+//! token, signing secret or mail password.
 
 use std::path::PathBuf;
 use std::process::Stdio;
 use std::time::Duration;
 
 use tokio::process::Command;
+use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::config::Secret;
 use crate::process::{self, ChildOptions};
+use crate::queue::PoolShape;
 
 /// How to start worker processes.
 #[derive(Debug, Clone)]
@@ -25,20 +30,66 @@ pub struct ProcessRuntime {
     pub redis_url: Secret,
     /// The agents' API key, when set (passed on to agents only).
     pub agent_api_key: Option<Secret>,
-    pub containers: u32,
     /// How long a worker may take to drain and stop.
     pub stop_timeout: Duration,
 }
 
 impl ProcessRuntime {
-    /// Keep `containers` workers running until `shutdown`.
-    pub async fn run(self, shutdown: CancellationToken) {
+    /// Keep `shape.containers` workers running until `shutdown`, following
+    /// changes of the shape: growing starts workers, shrinking stops the
+    /// highest-numbered ones (each drains: no new claims, running turns
+    /// finish, its conversations go back to the queue).
+    pub async fn run(self, mut shape: watch::Receiver<PoolShape>, shutdown: CancellationToken) {
         let tasks = TaskTracker::new();
-        for index in 0..self.containers {
-            tasks.spawn(supervise(self.clone(), index, shutdown.clone()));
+        let mut running: Vec<CancellationToken> = Vec::new();
+        loop {
+            let wanted = shape.borrow_and_update().containers as usize;
+            if wanted != running.len() {
+                tracing::info!(
+                    from = running.len(),
+                    to = wanted,
+                    "resizing: worker processes"
+                );
+            }
+            while running.len() < wanted {
+                let stop = shutdown.child_token();
+                let index = running.len() as u32;
+                tasks.spawn(supervise(self.clone(), index, stop.clone()));
+                running.push(stop);
+            }
+            while running.len() > wanted {
+                if let Some(stop) = running.pop() {
+                    stop.cancel();
+                }
+            }
+            tokio::select! {
+                _ = shutdown.cancelled() => break,
+                changed = shape.changed() => if changed.is_err() { break },
+            }
         }
         tasks.close();
         tasks.wait().await;
+    }
+}
+
+/// Publish the wanted shape in Redis (for workers to follow their slot
+/// count) on every change and before it lapses, until `shutdown`.
+pub async fn publish_shape(
+    queue: crate::queue::Queue,
+    mut shape: watch::Receiver<PoolShape>,
+    ttl: Duration,
+    shutdown: CancellationToken,
+) {
+    loop {
+        let current = *shape.borrow_and_update();
+        if let Err(e) = queue.set_pool_shape(current, ttl).await {
+            tracing::warn!(error = %e, "cannot publish the pool's shape; retrying");
+        }
+        tokio::select! {
+            _ = shutdown.cancelled() => return,
+            changed = shape.changed() => if changed.is_err() { return },
+            _ = tokio::time::sleep(ttl / 3) => {}
+        }
     }
 }
 

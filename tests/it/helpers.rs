@@ -401,6 +401,20 @@ impl ServeProcess {
         (gateway.expect("gateway"), admin.expect("admin"))
     }
 
+    /// Wait for a log line whose message is `message` (earlier lines are
+    /// consumed); returns it.
+    pub fn wait_for_message(&self, message: &str, timeout: Duration) -> serde_json::Value {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match self.lines.recv_timeout(left) {
+                Ok(line) if line["message"] == message => return line,
+                Ok(_) => {}
+                Err(e) => panic!("no log line {message:?} within {timeout:?}: {e}"),
+            }
+        }
+    }
+
     pub fn wait_exit(&mut self, timeout: Duration) -> std::process::ExitStatus {
         let deadline = Instant::now() + timeout;
         loop {

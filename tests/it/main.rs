@@ -6,6 +6,8 @@ mod anthropic_stub;
 mod claude_cli;
 mod console;
 mod deploy;
+mod docker_pool;
+mod docker_support;
 mod email;
 mod foundation;
 mod helpers;
