@@ -167,6 +167,7 @@ impl DockerRuntime {
             parts: self.parts,
             shape,
             leading: false,
+            decided: false,
             backoff: HashMap::new(),
             stopping: Arc::new(Mutex::new(HashSet::new())),
             drains: TaskTracker::new(),
@@ -187,6 +188,8 @@ struct Manager {
     parts: Arc<DockerRuntimeParts>,
     shape: watch::Receiver<PoolShape>,
     leading: bool,
+    /// Whether leadership was decided once (so a follower says so too).
+    decided: bool,
     backoff: HashMap<u32, Backoff>,
     /// Containers being drained and removed (ids).
     stopping: Arc<Mutex<HashSet<String>>>,
@@ -237,7 +240,8 @@ impl Manager {
                 false
             }
         };
-        if leading != self.leading {
+        if leading != self.leading || !self.decided {
+            self.decided = true;
             if leading {
                 tracing::info!(holder = %holder, "managing the Docker pool");
             } else {

@@ -148,37 +148,26 @@ async fn a_docker_pool_resizes_2_3_1_while_messages_flow_without_loss_or_duplica
     let queue = assertion_queue(&redis, &prefix);
     guard.wait_running(2, START).await;
 
-    let mut cids = Vec::new();
-    let mut n = 0;
-    let mut send = |count: usize| {
-        let batch: Vec<String> = (0..count)
-            .map(|_| {
-                n += 1;
-                format!("r{n}")
-            })
-            .collect();
-        cids.extend(batch.clone());
-        batch
-    };
-    for cid in send(6) {
+    let mut convs = Conversations::new("r");
+    for cid in convs.next(6) {
         ask(&queue, &cid, 0, &format!("[[delay:800]] before {cid}")).await;
     }
     // Grow to 3 (config file edit, picked up while running).
     write_docker_config(&config, &prefix, &guard, &image, 3, 2);
-    for cid in send(6) {
+    for cid in convs.next(6) {
         ask(&queue, &cid, 0, &format!("[[delay:800]] growing {cid}")).await;
     }
     guard.wait_running(3, START).await;
-    for cid in send(6) {
+    for cid in convs.next(6) {
         ask(&queue, &cid, 0, &format!("[[delay:800]] at three {cid}")).await;
     }
     // Shrink to 1 while those run (SIGHUP this time).
     write_docker_config(&config, &prefix, &guard, &image, 1, 2);
     signal_pid(gateway.child.id(), libc::SIGHUP);
-    for cid in send(6) {
+    for cid in convs.next(6) {
         ask(&queue, &cid, 0, &format!("[[delay:300]] shrinking {cid}")).await;
     }
-    all_answered_once(&queue, &cids, Duration::from_secs(180)).await;
+    all_answered_once(&queue, &convs.all, Duration::from_secs(180)).await;
     let left = guard.wait_running(1, Duration::from_secs(90)).await;
     assert_eq!(left.len(), 1);
     // And a follow-up still works on the one left.

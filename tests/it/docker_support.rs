@@ -318,19 +318,7 @@ pub fn write_docker_config(
     slots: u32,
 ) {
     let text = format!(
-        r#"
-[log]
-format = "json"
-level = "info"
-[slack]
-api_base_url = "http://127.0.0.1:9/api/"
-[redis]
-key_prefix = "{prefix}"
-[queue]
-lease_ttl = "4s"
-lease_margin = "1500ms"
-reaper_interval = "200ms"
-heartbeat_ttl = "3s"
+        r#"{common}
 [pool]
 runtime = "docker"
 containers = {containers}
@@ -352,6 +340,7 @@ interrupt_grace = "1s"
 terminate_timeout = "2s"
 "#,
         name = guard.name,
+        common = common_config(prefix),
     );
     std::fs::write(path, text).expect("write config");
 }
@@ -377,4 +366,49 @@ pub fn assertion_queue(redis: &SocketRedis, prefix: &str) -> Queue {
         prefix,
         crate::pool_support::pool_queue_settings(),
     )
+}
+
+/// The config sections every pool test shares: JSON logs, no reachable
+/// Slack, the key prefix, and queue timings for a busy 2-core machine.
+pub fn common_config(prefix: &str) -> String {
+    format!(
+        r#"
+[log]
+format = "json"
+[slack]
+api_base_url = "http://127.0.0.1:9/api/"
+[redis]
+key_prefix = "{prefix}"
+[queue]
+lease_ttl = "4s"
+lease_margin = "1500ms"
+reaper_interval = "200ms"
+heartbeat_ttl = "3s""#
+    )
+}
+
+/// Names for new conversations, remembered for checking at the end.
+#[derive(Default)]
+pub struct Conversations {
+    pub all: Vec<String>,
+    prefix: &'static str,
+}
+
+impl Conversations {
+    pub fn new(prefix: &'static str) -> Self {
+        Self {
+            all: Vec::new(),
+            prefix,
+        }
+    }
+
+    /// `count` new conversation ids.
+    pub fn next(&mut self, count: usize) -> Vec<String> {
+        let start = self.all.len();
+        let batch: Vec<String> = (start..start + count)
+            .map(|i| format!("{}{}", self.prefix, i + 1))
+            .collect();
+        self.all.extend(batch.clone());
+        batch
+    }
 }

@@ -415,6 +415,19 @@ impl ServeProcess {
         }
     }
 
+    /// Wait for a log line (or raw stderr line) holding `text` anywhere.
+    pub fn wait_for_message_containing(&self, text: &str, timeout: Duration) -> serde_json::Value {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match self.lines.recv_timeout(left) {
+                Ok(line) if line.to_string().contains(text) => return line,
+                Ok(_) => {}
+                Err(e) => panic!("no log line holding {text:?} within {timeout:?}: {e}"),
+            }
+        }
+    }
+
     pub fn wait_exit(&mut self, timeout: Duration) -> std::process::ExitStatus {
         let deadline = Instant::now() + timeout;
         loop {

@@ -14,6 +14,7 @@ mod helpers;
 mod mail_support;
 mod pool;
 mod pool_process;
+mod pool_resize;
 mod pool_support;
 mod queue;
 mod queue_chaos;
