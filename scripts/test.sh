@@ -22,6 +22,15 @@ fi
 
 scripts/install-claude.sh
 
+# The Docker runtime tests need a local Debian base image (no registry
+# here); without a Docker engine they report themselves not run.
+if docker info >/dev/null 2>&1; then
+  echo "== docker base image"
+  docker/make-base.sh || echo "== could not make the base image: the Docker tests will say why"
+else
+  echo "== no Docker engine: the Docker runtime tests will not run"
+fi
+
 echo "== rustfmt"
 cargo fmt --all --check
 echo "== clippy"

@@ -40,8 +40,8 @@ pub fn worker_image() -> Result<String, String> {
     IMAGE.get_or_init(build_worker_image).clone()
 }
 
-/// Print why a Docker test did not run. Under CI with an engine present a
-/// missing image is a failure, not a skip.
+/// Print why a Docker test did not run (no engine, or no base image could
+/// be made).
 pub fn not_run(test: &str, why: &str) {
     eprintln!("NOT RUN: {test}: {why}");
 }
@@ -49,6 +49,11 @@ pub fn not_run(test: &str, why: &str) {
 fn build_worker_image() -> Result<String, String> {
     docker(&["info", "--format", "{{.ServerVersion}}"])
         .map_err(|e| format!("no Docker engine here ({e})"))?;
+    // Several test processes may get here at once: one builds the images, under a lock.
+    let lock_path = std::env::temp_dir().join("switchboard-worker-test-image.lock");
+    let lock = std::fs::File::create(&lock_path).map_err(|e| e.to_string())?;
+    // SAFETY: flock on a file we opened; released when `lock` is dropped.
+    unsafe { libc::flock(std::os::fd::AsRawFd::as_raw_fd(&lock), libc::LOCK_EX) };
     if docker(&["image", "inspect", BASE_IMAGE]).is_err() {
         let status = Command::new(repo_root().join("docker/make-base.sh"))
             .arg(BASE_IMAGE)
@@ -69,11 +74,6 @@ fn build_worker_image() -> Result<String, String> {
         "switchboard-worker-test:{}",
         &hex::encode(hash.finalize())[..16]
     );
-    // Several test processes may get here at once: one builds, under a lock.
-    let lock_path = std::env::temp_dir().join("switchboard-worker-test-image.lock");
-    let lock = std::fs::File::create(&lock_path).map_err(|e| e.to_string())?;
-    // SAFETY: flock on a file we opened; released when `lock` is dropped.
-    unsafe { libc::flock(std::os::fd::AsRawFd::as_raw_fd(&lock), libc::LOCK_EX) };
     if docker(&["image", "inspect", &tag]).is_ok() {
         return Ok(tag);
     }
