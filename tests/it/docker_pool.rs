@@ -177,7 +177,16 @@ async fn a_docker_pool_resizes_2_3_1_while_messages_flow_without_loss_or_duplica
         async move { (console_finals(&queue, "r1").await.len() == 2).then_some(()) }
     })
     .await;
-    drop(gateway);
+    // The only gateway stops: it drains and removes its containers.
+    let mut gateway = gateway;
+    signal_pid(gateway.child.id(), libc::SIGTERM);
+    let status = gateway.wait_exit(Duration::from_secs(60));
+    assert!(status.success(), "{status}");
+    assert!(
+        guard.containers().is_empty(),
+        "containers left: {:?}",
+        guard.containers()
+    );
 }
 
 #[tokio::test]
