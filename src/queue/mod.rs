@@ -37,7 +37,7 @@ use scripts::Scripts;
 #[derive(Debug, thiserror::Error)]
 pub enum QueueError {
     #[error("no Redis connection: {0}")]
-    Pool(#[from] deadpool_redis::PoolError),
+    Pool(#[from] crate::store::PoolError),
     #[error("Redis command failed: {0}")]
     Redis(#[from] redis::RedisError),
     #[error("lease on {0} is no longer held (fenced out)")]
@@ -106,7 +106,7 @@ impl Queue {
         &self.inner.scripts
     }
 
-    pub(crate) async fn conn(&self) -> Result<deadpool_redis::Connection, QueueError> {
+    pub(crate) async fn conn(&self) -> Result<crate::store::Connection, QueueError> {
         Ok(self.inner.pool.get().await?)
     }
 

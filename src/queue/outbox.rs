@@ -243,7 +243,7 @@ impl Queue {
     }
 
     /// A handle for plain commands on a shard's keys (egress reply state).
-    pub async fn connection(&self) -> Result<deadpool_redis::Connection, QueueError> {
+    pub async fn connection(&self) -> Result<crate::store::Connection, QueueError> {
         self.conn().await
     }
 }
