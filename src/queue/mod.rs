@@ -115,11 +115,14 @@ impl Queue {
     }
 
     /// The enqueue call for `message` (public so tests can check its keys).
+    /// With `acknowledge`, a Slack message also gets an acknowledgement
+    /// entry in the outbox (egress adds the reaction).
     pub fn enqueue_call(
         &self,
         message: &InboundMessage,
         destination: &Destination,
         mode: EnqueueMode,
+        acknowledge: bool,
     ) -> Result<ScriptCall<'_>, QueueError> {
         let cid = &message.conversation;
         let k = self.keys().for_conversation(cid);
@@ -140,21 +143,36 @@ impl Queue {
             })
             .arg(match destination {
                 // Slack users see a reaction on their message at once.
-                Destination::Slack { .. } => message.external_id.as_str(),
+                Destination::Slack { .. } if acknowledge => message.external_id.as_str(),
                 _ => "",
             }))
     }
 
     /// Queue one message for its conversation, deduplicated on its keys, and
     /// schedule the conversation if it is idle. One round trip (two when the
-    /// conversation's owner worker must be woken).
+    /// conversation's owner worker must be woken). A Slack message is
+    /// acknowledged (see [`Queue::enqueue_acknowledged`]).
     pub async fn enqueue(
         &self,
         message: &InboundMessage,
         destination: &Destination,
         mode: EnqueueMode,
     ) -> Result<Enqueued, QueueError> {
-        let call = self.enqueue_call(message, destination, mode)?;
+        self.enqueue_acknowledged(message, destination, mode, true)
+            .await
+    }
+
+    /// [`Queue::enqueue`], with an acknowledgement entry in the outbox for a
+    /// Slack message only when `acknowledge` (no reaction configured: no
+    /// entry, so egress has nothing to read for it).
+    pub async fn enqueue_acknowledged(
+        &self,
+        message: &InboundMessage,
+        destination: &Destination,
+        mode: EnqueueMode,
+        acknowledge: bool,
+    ) -> Result<Enqueued, QueueError> {
+        let call = self.enqueue_call(message, destination, mode, acknowledge)?;
         let mut conn = self.conn().await?;
         let reply: Vec<String> = call.invoke(&mut conn).await?;
         match reply.first().map(String::as_str) {

@@ -2,9 +2,10 @@
 
 use std::time::Duration;
 
-use switchboard::domain::ConversationId;
+use switchboard::domain::{ConversationId, Destination};
 use switchboard::queue::{
-    ClaimOutcome, EnqueueMode, Enqueued, FailOutcome, LeaseKeeper, Owner, QueueError,
+    ClaimOutcome, EnqueueMode, Enqueued, FailOutcome, LeaseKeeper, OutboxKind, Owner, Queue,
+    QueueError,
 };
 
 use crate::helpers::*;
@@ -454,4 +455,40 @@ async fn sessions_are_saved_only_under_the_lease() {
     enqueue(&queue, "c1", 1).await;
     let c = claim(&queue, &worker("w")).await.expect("claim");
     assert_eq!(c.session_id.as_deref(), Some("sess-1"));
+}
+
+#[tokio::test]
+async fn a_slack_message_gets_an_acknowledgement_entry_only_when_asked() {
+    let redis = TestRedis::start();
+    let (queue, _) = test_queue(&redis, "ack-entry", fast_settings());
+    let slack = Destination::Slack {
+        team: "T1".into(),
+        channel: "C1".into(),
+        thread_ts: None,
+    };
+    let acks = |queue: Queue, cid: &'static str| async move {
+        let shard = queue.keys().shard_of(&ConversationId::new(cid));
+        queue
+            .outbox_entries(shard)
+            .await
+            .expect("outbox")
+            .into_iter()
+            .filter(|e| e.kind == OutboxKind::Ack && e.conversation.as_str() == cid)
+            .flat_map(|e| e.acks)
+            .collect::<Vec<_>>()
+    };
+    for (cid, acknowledge) in [("quiet", false), ("seen", true)] {
+        let got = queue
+            .enqueue_acknowledged(
+                &message(cid, 7),
+                &slack,
+                EnqueueMode::CreateOrAppend,
+                acknowledge,
+            )
+            .await
+            .expect("enqueue");
+        assert!(matches!(got, Enqueued::Queued { .. }));
+    }
+    assert!(acks(queue.clone(), "quiet").await.is_empty());
+    assert_eq!(acks(queue.clone(), "seen").await, vec!["7".to_string()]);
 }

@@ -62,6 +62,8 @@ pub struct SlackIntake {
     queue: Queue,
     settings: Arc<SlackIngressSettings>,
     admission: Option<Admission>,
+    /// Whether egress shows the sender their message was seen (a reaction).
+    acknowledge: bool,
 }
 
 impl SlackIntake {
@@ -70,7 +72,15 @@ impl SlackIntake {
             queue,
             settings: Arc::new(settings),
             admission: None,
+            acknowledge: true,
         }
+    }
+
+    /// Whether queued messages get an acknowledgement entry for egress
+    /// (false when no acknowledgement reaction is configured).
+    pub fn with_acknowledgement(mut self, acknowledge: bool) -> Self {
+        self.acknowledge = acknowledge;
+        self
     }
 
     /// Check who may talk, how often and what they may spend first.
@@ -165,7 +175,12 @@ impl SlackIntake {
         };
         let result = self
             .queue
-            .enqueue(&candidate.message, &candidate.destination, mode)
+            .enqueue_acknowledged(
+                &candidate.message,
+                &candidate.destination,
+                mode,
+                self.acknowledge,
+            )
             .await
             .map_err(|e| IntakeError::Unavailable(e.to_string()))?;
         let outcome = match result {
