@@ -26,6 +26,7 @@ use crate::store::RedisPool;
 
 pub use keys::{Keys, ShardKeys};
 pub use lease::LeaseKeeper;
+pub use outbox::Bucket;
 pub use reaper::Reaper;
 pub use scripts::ScriptCall;
 pub use settings::QueueSettings;
@@ -176,7 +177,7 @@ impl Queue {
         let mut conn = self.conn().await?;
         let reply: Vec<String> = call.invoke(&mut conn).await?;
         match reply.first().map(String::as_str) {
-            Some("queued") if reply.len() == 4 => {
+            Some("queued") if reply.len() == 5 => {
                 let position = reply[2].parse().unwrap_or(0);
                 if !reply[3].is_empty() {
                     self.wake_worker(&mut conn, &message.conversation, &reply[3])
@@ -185,6 +186,7 @@ impl Queue {
                 Ok(Enqueued::Queued {
                     id: reply[1].clone(),
                     position,
+                    ahead: reply[4].parse().ok(),
                 })
             }
             Some("duplicate") => Ok(Enqueued::Duplicate),

@@ -132,12 +132,12 @@ impl SlackIntake {
         let unavailable = |e: crate::queue::QueueError| IntakeError::Unavailable(e.to_string());
         if let Some(admission) = &self.admission {
             // A retry of a message already queued is not a new request.
-            if self
+            let (seen, waiting) = self
                 .queue
-                .seen_any(&candidate.message)
+                .seen_and_waiting(&candidate.message)
                 .await
-                .map_err(unavailable)?
-            {
+                .map_err(unavailable)?;
+            if seen {
                 return Ok(IntakeOutcome::Duplicate);
             }
             // A thread reply outside a conversation of ours is not for us:
@@ -148,7 +148,12 @@ impl SlackIntake {
                     .conversation_exists(&candidate.message.conversation)
                     .await
                     .map_err(unavailable)?;
-            if ours && let Some(refusal) = admission.check(&candidate).await.map_err(unavailable)? {
+            if ours
+                && let Some(refusal) = admission
+                    .check(&candidate, waiting)
+                    .await
+                    .map_err(unavailable)?
+            {
                 admission
                     .refuse(&candidate, refusal)
                     .await
@@ -156,10 +161,10 @@ impl SlackIntake {
                 return Ok(IntakeOutcome::Refused(refusal));
             }
         }
-        let outcome = self.enqueue_checked(&candidate).await?;
+        let (outcome, ahead) = self.enqueue_checked(&candidate).await?;
         if outcome == IntakeOutcome::Queued
             && let Some(admission) = &self.admission
-            && let Err(e) = admission.tell_position(&candidate).await
+            && let Err(e) = admission.tell_position(&candidate, ahead).await
         {
             // The message is queued; only the courtesy notice is lost.
             tracing::warn!(error = %e, "could not tell the sender their place in line");
@@ -167,7 +172,12 @@ impl SlackIntake {
         Ok(outcome)
     }
 
-    async fn enqueue_checked(&self, candidate: &Candidate) -> Result<IntakeOutcome, IntakeError> {
+    /// Enqueue; with the number of conversations ahead of it in the ready
+    /// queue when it was queued there.
+    async fn enqueue_checked(
+        &self,
+        candidate: &Candidate,
+    ) -> Result<(IntakeOutcome, Option<u64>), IntakeError> {
         let mode = if candidate.needs_existing_conversation {
             EnqueueMode::ExistingOnly
         } else {
@@ -183,20 +193,19 @@ impl SlackIntake {
             )
             .await
             .map_err(|e| IntakeError::Unavailable(e.to_string()))?;
-        let outcome = match result {
-            Enqueued::Queued { .. } => {
+        Ok(match result {
+            Enqueued::Queued { ahead, .. } => {
                 tracing::info!(
                     conversation = %candidate.message.conversation,
                     kind = candidate.kind.as_str(),
                     "slack message queued"
                 );
-                IntakeOutcome::Queued
+                (IntakeOutcome::Queued, ahead)
             }
-            Enqueued::Duplicate => IntakeOutcome::Duplicate,
-            Enqueued::Overflow => IntakeOutcome::Overflow,
-            Enqueued::NoConversation => IntakeOutcome::NotInConversation,
-        };
-        Ok(outcome)
+            Enqueued::Duplicate => (IntakeOutcome::Duplicate, None),
+            Enqueued::Overflow => (IntakeOutcome::Overflow, None),
+            Enqueued::NoConversation => (IntakeOutcome::NotInConversation, None),
+        })
     }
 }
 
