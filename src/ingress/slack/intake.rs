@@ -9,7 +9,9 @@ use std::time::{SystemTime, UNIX_EPOCH};
 use crate::admission::{Admission, Refusal};
 use crate::queue::{EnqueueMode, Enqueued, Queue};
 
-use super::{Candidate, Decision, EventError, IgnoreReason, SlackIngressSettings, decide_value};
+use super::{
+    Candidate, Decision, EventError, IgnoreReason, SlackIngressSettings, decide, decide_value,
+};
 
 /// What became of an event.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -93,11 +95,10 @@ impl SlackIntake {
         &self.settings
     }
 
-    /// Take an event body (raw bytes, already authenticated).
+    /// Take an event body (raw bytes, already authenticated). The envelope
+    /// is read straight from the bytes, without a JSON tree in between.
     pub async fn accept_body(&self, body: &[u8]) -> Result<IntakeOutcome, IntakeError> {
-        let value: serde_json::Value = serde_json::from_slice(body)
-            .map_err(|e| IntakeError::Malformed(EventError::MalformedJson(e)))?;
-        self.accept_value(value).await
+        self.accept(decide(body, &self.settings, now_ms())?).await
     }
 
     /// Take an event already parsed as JSON (Socket Mode payloads).
@@ -105,7 +106,12 @@ impl SlackIntake {
         &self,
         value: serde_json::Value,
     ) -> Result<IntakeOutcome, IntakeError> {
-        let outcome = match decide_value(value, &self.settings, now_ms())? {
+        self.accept(decide_value(value, &self.settings, now_ms())?)
+            .await
+    }
+
+    async fn accept(&self, decision: Decision) -> Result<IntakeOutcome, IntakeError> {
+        let outcome = match decision {
             Decision::UrlVerification { challenge } => IntakeOutcome::Challenge(challenge),
             Decision::Ignore(reason) => {
                 metrics::counter!("switchboard_ingress_slack_ignored_total", "reason" => reason.as_str())
