@@ -127,7 +127,9 @@ impl SlackIntake {
 
     async fn enqueue(&self, candidate: Candidate) -> Result<IntakeOutcome, IntakeError> {
         let deadline = self.settings.enqueue_deadline;
-        tokio::time::timeout(deadline, self.admit_and_enqueue(candidate))
+        // Boxed so that wrapping it in the timeout moves a pointer, not the
+        // whole (large) future.
+        tokio::time::timeout(deadline, Box::pin(self.admit_and_enqueue(candidate)))
             .await
             .map_err(|_| {
                 IntakeError::Unavailable(format!("Redis did not answer within {deadline:?}"))
