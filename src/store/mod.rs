@@ -20,10 +20,15 @@ pub type Connection = managed::Object<Manager>;
 /// Why no connection could be checked out.
 pub type PoolError = managed::PoolError<RedisError>;
 
+/// A connection unused for this long is checked with a `PING` before it is
+/// handed out again.
+pub const IDLE_BEFORE_PING: std::time::Duration = std::time::Duration::from_secs(1);
+
 /// Opens connections, and hands a returned connection out again unless it
 /// saw its socket fail. Unlike `deadpool-redis`, no `PING` round trip on
-/// every checkout: that was a round trip per command, and a hung Redis is
-/// caught by the response timeout anyway.
+/// every checkout (that was a round trip per command; a hung Redis is
+/// caught by the response timeout anyway), only on one that sat unused for
+/// [`IDLE_BEFORE_PING`].
 #[derive(Debug)]
 pub struct Manager {
     client: Client,
@@ -45,9 +50,20 @@ impl managed::Manager for Manager {
         })
     }
 
-    async fn recycle(&self, conn: &mut PooledConnection, _: &Metrics) -> RecycleResult<RedisError> {
+    async fn recycle(
+        &self,
+        conn: &mut PooledConnection,
+        metrics: &Metrics,
+    ) -> RecycleResult<RedisError> {
         if conn.broken.load(Ordering::Relaxed) {
             return Err(RecycleError::message("the connection failed"));
+        }
+        // A connection out of use for a while may have been closed under us
+        // (Redis restarted): one PING then, so the checkout gets a live
+        // connection instead of one failed command. Under load connections
+        // come back within milliseconds and are never pinged.
+        if metrics.last_used() >= IDLE_BEFORE_PING {
+            redis::cmd("PING").query_async::<()>(conn).await?;
         }
         Ok(())
     }

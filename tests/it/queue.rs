@@ -492,3 +492,47 @@ async fn a_slack_message_gets_an_acknowledgement_entry_only_when_asked() {
     assert!(acks(queue.clone(), "quiet").await.is_empty());
     assert_eq!(acks(queue.clone(), "seen").await, vec!["7".to_string()]);
 }
+
+#[tokio::test]
+async fn a_pooled_connection_is_reused_without_a_ping_unless_idle_or_broken() {
+    use deadpool::managed::{Manager as _, Metrics};
+    use switchboard::config::{RedisSettings, Secret};
+    let mut redis = TestRedis::start();
+    let pool = switchboard::store::connect(&Secret::new(redis.url()), &RedisSettings::default())
+        .expect("pool");
+    let manager = pool.manager();
+    let mut conn = manager.create().await.expect("connection");
+    let now = std::time::Instant::now();
+    let just_used = Metrics {
+        created: now,
+        recycled: Some(now),
+        recycle_count: 1,
+    };
+    let idle = Metrics {
+        recycled: now.checked_sub(switchboard::store::IDLE_BEFORE_PING * 2),
+        ..just_used
+    };
+    assert!(manager.recycle(&mut conn, &just_used).await.is_ok());
+    assert!(
+        manager.recycle(&mut conn, &idle).await.is_ok(),
+        "live: PING answered"
+    );
+    // Redis restarts: the connection is closed under us.
+    redis.restart();
+    assert!(
+        manager.recycle(&mut conn, &idle).await.is_err(),
+        "an idle connection is checked and found dead"
+    );
+    let mut conn = manager.create().await.expect("connection");
+    redis.restart();
+    assert!(
+        manager.recycle(&mut conn, &just_used).await.is_ok(),
+        "a connection just used is not pinged"
+    );
+    let failed = redis::cmd("PING").query_async::<String>(&mut conn).await;
+    assert!(failed.is_err(), "its next command fails");
+    assert!(
+        manager.recycle(&mut conn, &just_used).await.is_err(),
+        "and the pool drops it"
+    );
+}
