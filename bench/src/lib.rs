@@ -101,31 +101,9 @@ pub async fn run(opts: Opts) -> anyhow::Result<Outcome> {
             }
         }
     };
-    log!("phases 1-2: ack latency and throughput, gateway vs reference");
-    let at = Instant::now();
-    record("1-2 ack", phases::ack::ack(&ctx).await, at);
-    log!("phase 3: ack latency, busy slots + backlog vs idle");
-    let at = Instant::now();
-    record("3 backlog", phases::ack::backlog(&ctx).await, at);
-    log!("phase 4: the message path, decomposed");
-    let at = Instant::now();
-    ctx.stub.clear();
-    record("4 path", phases::path::path(&ctx).await, at);
-    log!("phase 5: warm vs cold");
-    let at = Instant::now();
-    record("5 warm", phases::path::warm(&ctx).await, at);
-    log!("phase 6: end-to-end throughput, gateway vs pipeline reference");
-    let at = Instant::now();
-    ctx.stub.clear();
-    record("6 e2e", phases::e2e::e2e(&ctx).await, at);
-    log!("phase 7: memory");
-    let at = Instant::now();
-    let messages = agentlog::turns(&agentlog::read(&ctx.main.stdin_log)).len();
-    record(
-        "7 memory",
-        phases::e2e::memory(&ctx, &idle, messages).await,
-        at,
-    );
+    if !ctx.opts.only_cpu {
+        run_phases_1_to_7(&ctx, &idle, &mut record).await;
+    }
     // Instruction counts do not care that the main stack idles meanwhile.
     log!("phase 8: instructions per event (callgrind)");
     let at = Instant::now();
@@ -149,6 +127,39 @@ pub async fn run(opts: Opts) -> anyhow::Result<Outcome> {
         results,
         failed,
     })
+}
+
+/// Phases 1 to 7, each recorded as it ends.
+async fn run_phases_1_to_7(
+    ctx: &Ctx,
+    idle: &phases::e2e::Memory,
+    record: &mut impl FnMut(&str, anyhow::Result<PhaseOut>, Instant),
+) {
+    log!("phases 1-2: ack latency and throughput, gateway vs reference");
+    let at = Instant::now();
+    record("1-2 ack", phases::ack::ack(ctx).await, at);
+    log!("phase 3: ack latency, busy slots + backlog vs idle");
+    let at = Instant::now();
+    record("3 backlog", phases::ack::backlog(ctx).await, at);
+    log!("phase 4: the message path, decomposed");
+    let at = Instant::now();
+    ctx.stub.clear();
+    record("4 path", phases::path::path(ctx).await, at);
+    log!("phase 5: warm vs cold");
+    let at = Instant::now();
+    record("5 warm", phases::path::warm(ctx).await, at);
+    log!("phase 6: end-to-end throughput, gateway vs pipeline reference");
+    let at = Instant::now();
+    ctx.stub.clear();
+    record("6 e2e", phases::e2e::e2e(ctx).await, at);
+    log!("phase 7: memory");
+    let at = Instant::now();
+    let messages = agentlog::turns(&agentlog::read(&ctx.main.stdin_log)).len();
+    record(
+        "7 memory",
+        phases::e2e::memory(ctx, idle, messages).await,
+        at,
+    );
 }
 
 fn skipped(phase: &str, why: &str) -> PhaseOut {

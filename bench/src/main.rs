@@ -27,6 +27,9 @@ enum Cmd {
         /// Skip phase 8 (callgrind), e.g. to iterate on the others.
         #[arg(long)]
         no_cpu: bool,
+        /// Run phase 8 (callgrind) alone.
+        #[arg(long, conflicts_with = "no_cpu")]
+        only_cpu: bool,
         /// Where switchboard, stand-in-agent and switchboard-bench are
         /// (default: next to this program).
         #[arg(long)]
@@ -54,6 +57,7 @@ async fn main() -> anyhow::Result<()> {
             quick,
             keep_dir,
             no_cpu,
+            only_cpu,
             bin_dir,
             out,
         } => {
@@ -73,6 +77,7 @@ async fn main() -> anyhow::Result<()> {
                 Opts::full(bin_dir, out)
             };
             opts.keep_dir = keep_dir;
+            opts.only_cpu = only_cpu;
             if no_cpu {
                 opts.cpu_small = 0;
             }

@@ -17,6 +17,8 @@ pub struct Opts {
     pub mode: String,
     /// Keep the run's directory (configs, logs, callgrind files) after it.
     pub keep_dir: bool,
+    /// Run phase 8 alone (to iterate on what it measures).
+    pub only_cpu: bool,
     /// Interleaved rounds of each comparison.
     pub rounds: usize,
     /// Requests per round at 100/s, at 1000/s, and saturated.
@@ -59,6 +61,7 @@ impl Opts {
             out,
             mode: "full".into(),
             keep_dir: false,
+            only_cpu: false,
             rounds: 5,
             n_100: 300,
             n_1000: 3000,

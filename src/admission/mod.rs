@@ -11,7 +11,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use crate::domain::{ConversationId, Destination};
 use crate::ingress::slack::Candidate;
-use crate::queue::{Queue, QueueError};
+use crate::queue::{Bucket, Queue, QueueError};
 
 pub use policy::{Refusal, Sender, email_sender_allowed};
 pub use settings::{AdmissionSettings, WorkspacePolicy};
@@ -59,7 +59,14 @@ impl Admission {
     }
 
     /// Whether `candidate` may be queued: `Some(refusal)` when not.
-    pub async fn check(&self, candidate: &Candidate) -> Result<Option<Refusal>, QueueError> {
+    /// `waiting`: conversations waiting for a slot in its shard (read by the
+    /// caller together with its duplicate check, see
+    /// [`Queue::seen_and_waiting`]).
+    pub async fn check(
+        &self,
+        candidate: &Candidate,
+        waiting: u64,
+    ) -> Result<Option<Refusal>, QueueError> {
         let Destination::Slack { team, channel, .. } = &candidate.destination else {
             return Ok(None);
         };
@@ -81,32 +88,38 @@ impl Admission {
         {
             return Ok(Some(Refusal::BotLoop));
         }
+        let (user_bucket, channel_bucket) = (
+            format!("user:{team}:{}", sender.user),
+            format!("channel:{team}:{channel}"),
+        );
         let rates = [
             (
-                format!("user:{team}:{}", sender.user),
-                settings.user_per_minute,
-                settings.user_burst,
+                Bucket {
+                    name: &user_bucket,
+                    rate: settings.user_per_minute / 60.0,
+                    burst: settings.user_burst,
+                },
                 Refusal::UserRate,
             ),
             (
-                format!("channel:{team}:{channel}"),
-                settings.channel_per_minute,
-                settings.channel_burst,
+                Bucket {
+                    name: &channel_bucket,
+                    rate: settings.channel_per_minute / 60.0,
+                    burst: settings.channel_burst,
+                },
                 Refusal::ChannelRate,
             ),
         ];
-        for (bucket, per_minute, burst, refusal) in rates {
-            if per_minute > 0.0
-                && self
-                    .queue
-                    .take_tokens(&bucket, per_minute / 60.0, burst, 1.0, 0.0)
-                    .await?
-                    .is_some()
-            {
-                return Ok(Some(refusal));
-            }
+        // Only limited rates; the user's bucket first, and the channel's only
+        // if the user's had a token (one round trip for both).
+        let (buckets, refusals): (Vec<Bucket>, Vec<Refusal>) =
+            rates.into_iter().filter(|(b, _)| b.rate > 0.0).unzip();
+        if !buckets.is_empty()
+            && let Some((i, _)) = self.queue.take_tokens_in_order(&buckets, 1.0, 0.0).await?
+        {
+            return Ok(refusals.get(i).copied());
         }
-        if self.queue.waiting(&candidate.message.conversation).await? >= settings.max_waiting {
+        if waiting >= settings.max_waiting {
             return Ok(Some(Refusal::Busy));
         }
         self.over_budget(team, channel, sender.user, &settings)
@@ -230,16 +243,18 @@ impl Admission {
         Ok(())
     }
 
-    /// After a message was queued: when conversations wait ahead of it,
-    /// tell its sender their place in line (once, for this message).
-    pub async fn tell_position(&self, candidate: &Candidate) -> Result<(), QueueError> {
+    /// After a message was queued with `ahead` conversations waiting before
+    /// it (from [`crate::queue::Enqueued::Queued`]): tell its sender their
+    /// place in line (once, for this message).
+    pub async fn tell_position(
+        &self,
+        candidate: &Candidate,
+        ahead: Option<u64>,
+    ) -> Result<(), QueueError> {
         let cid = &candidate.message.conversation;
-        let Some(ahead) = self.queue.ahead_of(cid).await? else {
+        let Some(ahead) = ahead.filter(|n| *n > 0) else {
             return Ok(());
         };
-        if ahead == 0 {
-            return Ok(());
-        }
         let reply_id = format!("{cid}/queued/{}", candidate.message.external_id);
         let text = format!("Queued: {ahead} ahead of you. I will answer here as soon as I can.");
         self.queue

@@ -287,7 +287,8 @@ impl Application {
         };
         let verifier = SignatureVerifier::new(secret).context("SLACK_SIGNING_SECRET")?;
         let intake = SlackIntake::new(self.queue.clone(), self.settings.slack.ingress())
-            .with_admission(self.admission.clone());
+            .with_admission(self.admission.clone())
+            .with_acknowledgement(!self.settings.egress.ack_reaction.is_empty());
         Ok(events_router(intake, verifier))
     }
 
@@ -308,7 +309,8 @@ impl Application {
             );
         }
         let intake = SlackIntake::new(self.queue.clone(), slack.ingress())
-            .with_admission(self.admission.clone());
+            .with_admission(self.admission.clone())
+            .with_acknowledgement(!self.settings.egress.ack_reaction.is_empty());
         let socket = SocketMode::new(slack.socket(), &slack.api_base_url, token, intake)
             .context("Slack Socket Mode client")?;
         Ok(Some(socket))

@@ -154,10 +154,17 @@ impl Egress {
     /// Deliver one entry; retries transient failures with backoff until it
     /// is delivered, dead-lettered, or the gateway stops (then it stays
     /// pending for the next leader).
-    async fn handle(&self, entry: &OutboxEntry, shutdown: &CancellationToken) -> bool {
+    /// `destination` caches the conversation's destination across one
+    /// batch of its entries.
+    async fn handle(
+        &self,
+        entry: &OutboxEntry,
+        destination: &mut Option<Destination>,
+        shutdown: &CancellationToken,
+    ) -> bool {
         let mut backoff = Duration::from_millis(200);
         loop {
-            let delivered = self.deliver(entry).await;
+            let delivered = self.deliver(entry, destination).await;
             match delivered {
                 Delivered::Done => return true,
                 Delivered::Dead(reason) => {
@@ -180,18 +187,21 @@ impl Egress {
         }
     }
 
-    async fn deliver(&self, entry: &OutboxEntry) -> Delivered {
-        let destination = match self.inner.queue.destination(&entry.conversation).await {
-            Ok(Some(d)) => d,
-            Ok(None) => {
-                return Delivered::Dead("conversation record is gone; no destination".into());
-            }
-            Err(e) => {
-                tracing::warn!(error = %e, "cannot read the destination");
-                return Delivered::Retry(Duration::from_secs(1));
-            }
+    async fn deliver(&self, entry: &OutboxEntry, cached: &mut Option<Destination>) -> Delivered {
+        let destination = match cached {
+            Some(d) => d,
+            None => match self.inner.queue.destination(&entry.conversation).await {
+                Ok(Some(d)) => cached.insert(d),
+                Ok(None) => {
+                    return Delivered::Dead("conversation record is gone; no destination".into());
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, "cannot read the destination");
+                    return Delivered::Retry(Duration::from_secs(1));
+                }
+            },
         };
-        match &destination {
+        match destination {
             Destination::Slack {
                 team,
                 channel,
@@ -310,22 +320,28 @@ async fn lane(
         while let Ok(entry) = rx.try_recv() {
             batch.push(entry);
         }
+        // The destination is read once per batch (a new message may change
+        // it between batches), and the batch acknowledged in one round trip.
+        let mut destination = None;
+        let mut done = Vec::with_capacity(batch.len());
+        let mut stopping = false;
         for (i, entry) in batch.iter().enumerate() {
             let superseded = entry.kind == OutboxKind::Progress
                 && batch[i + 1..]
                     .iter()
                     .any(|later| later.reply_id == entry.reply_id);
-            let handled = superseded || egress.handle(entry, &shutdown).await;
-            if !handled {
+            if !superseded && !egress.handle(entry, &mut destination, &shutdown).await {
                 // Stopping: the rest stay pending for the next leader.
-                return;
+                stopping = true;
+                break;
             }
-            if let Err(e) = queue
-                .ack_outbox(shard, std::slice::from_ref(&entry.id))
-                .await
-            {
-                tracing::warn!(error = %e, "could not acknowledge an outbox entry; it may be delivered again (idempotent)");
-            }
+            done.push(entry.id.clone());
+        }
+        if let Err(e) = queue.ack_outbox(shard, &done).await {
+            tracing::warn!(error = %e, "could not acknowledge outbox entries; they may be delivered again (idempotent)");
+        }
+        if stopping {
+            return;
         }
     }
 }

@@ -29,6 +29,7 @@ use crate::store::RedisPool;
 pub use depth::{DEPTH_EXPORT_INTERVAL, PoolSummary, QueueDepth, export_depth};
 pub use keys::{Keys, ShardKeys};
 pub use lease::LeaseKeeper;
+pub use outbox::Bucket;
 pub use pool::PoolShape;
 pub use reaper::Reaper;
 pub use scripts::ScriptCall;
@@ -41,7 +42,7 @@ use scripts::Scripts;
 #[derive(Debug, thiserror::Error)]
 pub enum QueueError {
     #[error("no Redis connection: {0}")]
-    Pool(#[from] deadpool_redis::PoolError),
+    Pool(#[from] crate::store::PoolError),
     #[error("Redis command failed: {0}")]
     Redis(#[from] redis::RedisError),
     #[error("lease on {0} is no longer held (fenced out)")]
@@ -110,7 +111,7 @@ impl Queue {
         &self.inner.scripts
     }
 
-    pub(crate) async fn conn(&self) -> Result<deadpool_redis::Connection, QueueError> {
+    pub(crate) async fn conn(&self) -> Result<crate::store::Connection, QueueError> {
         Ok(self.inner.pool.get().await?)
     }
 
@@ -119,11 +120,14 @@ impl Queue {
     }
 
     /// The enqueue call for `message` (public so tests can check its keys).
+    /// With `acknowledge`, a Slack message also gets an acknowledgement
+    /// entry in the outbox (egress adds the reaction).
     pub fn enqueue_call(
         &self,
         message: &InboundMessage,
         destination: &Destination,
         mode: EnqueueMode,
+        acknowledge: bool,
     ) -> Result<ScriptCall<'_>, QueueError> {
         let cid = &message.conversation;
         let k = self.keys().for_conversation(cid);
@@ -144,25 +148,40 @@ impl Queue {
             })
             .arg(match destination {
                 // Slack users see a reaction on their message at once.
-                Destination::Slack { .. } => message.external_id.as_str(),
+                Destination::Slack { .. } if acknowledge => message.external_id.as_str(),
                 _ => "",
             }))
     }
 
     /// Queue one message for its conversation, deduplicated on its keys, and
     /// schedule the conversation if it is idle. One round trip (two when the
-    /// conversation's owner worker must be woken).
+    /// conversation's owner worker must be woken). A Slack message is
+    /// acknowledged (see [`Queue::enqueue_acknowledged`]).
     pub async fn enqueue(
         &self,
         message: &InboundMessage,
         destination: &Destination,
         mode: EnqueueMode,
     ) -> Result<Enqueued, QueueError> {
-        let call = self.enqueue_call(message, destination, mode)?;
+        self.enqueue_acknowledged(message, destination, mode, true)
+            .await
+    }
+
+    /// [`Queue::enqueue`], with an acknowledgement entry in the outbox for a
+    /// Slack message only when `acknowledge` (no reaction configured: no
+    /// entry, so egress has nothing to read for it).
+    pub async fn enqueue_acknowledged(
+        &self,
+        message: &InboundMessage,
+        destination: &Destination,
+        mode: EnqueueMode,
+        acknowledge: bool,
+    ) -> Result<Enqueued, QueueError> {
+        let call = self.enqueue_call(message, destination, mode, acknowledge)?;
         let mut conn = self.conn().await?;
         let reply: Vec<String> = call.invoke(&mut conn).await?;
         match reply.first().map(String::as_str) {
-            Some("queued") if reply.len() == 4 => {
+            Some("queued") if reply.len() == 5 => {
                 let position = reply[2].parse().unwrap_or(0);
                 if !reply[3].is_empty() {
                     self.wake_worker(&mut conn, &message.conversation, &reply[3])
@@ -171,6 +190,7 @@ impl Queue {
                 Ok(Enqueued::Queued {
                     id: reply[1].clone(),
                     position,
+                    ahead: reply[4].parse().ok(),
                 })
             }
             Some("duplicate") => Ok(Enqueued::Duplicate),

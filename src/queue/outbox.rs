@@ -13,6 +13,14 @@ use super::*;
 /// entries.
 const CONSUMER: &str = "leader";
 
+/// A shared token bucket: its name, refill rate per second and burst.
+#[derive(Debug, Clone, Copy)]
+pub struct Bucket<'a> {
+    pub name: &'a str,
+    pub rate: f64,
+    pub burst: f64,
+}
+
 type RawEntries = Vec<(String, Vec<(String, HashMap<String, String>)>)>;
 
 impl Queue {
@@ -168,16 +176,35 @@ impl Queue {
         tokens: f64,
         reserve: f64,
     ) -> Result<Option<Duration>, QueueError> {
+        let bucket = Bucket { name, rate, burst };
+        Ok(self
+            .take_tokens_in_order(&[bucket], tokens, reserve)
+            .await?
+            .map(|(_, wait)| wait))
+    }
+
+    /// Take `tokens` from each of `buckets` in turn, in one round trip,
+    /// stopping at the first that is short: returns its index and how long
+    /// to wait (the buckets after it are not touched).
+    pub async fn take_tokens_in_order(
+        &self,
+        buckets: &[Bucket<'_>],
+        tokens: f64,
+        reserve: f64,
+    ) -> Result<Option<(usize, Duration)>, QueueError> {
         let k = self.keys().shard(0);
-        let mut conn = self.conn().await?;
-        let wait: i64 = ScriptCall::new(&self.scripts().take_tokens, vec![k.bucket(name)])
-            .arg(rate)
-            .arg(burst)
+        let keys = buckets.iter().map(|b| k.bucket(b.name)).collect();
+        let mut call = ScriptCall::new(&self.scripts().take_tokens, keys)
             .arg(tokens)
-            .arg(reserve)
-            .invoke(&mut conn)
-            .await?;
-        Ok((wait > 0).then(|| Duration::from_millis(wait as u64)))
+            .arg(reserve);
+        for b in buckets {
+            call = call.arg(b.rate).arg(b.burst);
+        }
+        let mut conn = self.conn().await?;
+        let (index, wait): (usize, u64) = call.invoke(&mut conn).await?;
+        Ok(index
+            .checked_sub(1)
+            .map(|i| (i, Duration::from_millis(wait))))
     }
 
     /// Queue a notice for the sender of a conversation's message (posted
@@ -202,48 +229,29 @@ impl Queue {
         Ok(())
     }
 
-    /// Whether any of the message's dedupe keys was seen (a retry).
-    pub async fn seen_any(
+    /// Whether any of the message's dedupe keys was seen (a retry), and how
+    /// many conversations wait for a slot in its shard: one round trip.
+    pub async fn seen_and_waiting(
         &self,
         message: &crate::domain::InboundMessage,
-    ) -> Result<bool, QueueError> {
+    ) -> Result<(bool, u64), QueueError> {
         let k = self.keys().for_conversation(&message.conversation);
         let keys: Vec<String> = message.dedupe_keys.iter().map(|d| k.seen(d)).collect();
+        let mut pipe = redis::pipe();
         if keys.is_empty() {
-            return Ok(false);
+            // EXISTS needs a key; none is seen.
+            pipe.cmd("ECHO").arg(0);
+        } else {
+            pipe.cmd("EXISTS").arg(&keys);
         }
+        pipe.cmd("ZCARD").arg(k.ready());
         let mut conn = self.conn().await?;
-        let n: u64 = redis::cmd("EXISTS")
-            .arg(&keys)
-            .query_async(&mut *conn)
-            .await?;
-        Ok(n > 0)
-    }
-
-    /// Conversations waiting for a slot in `cid`'s shard.
-    pub async fn waiting(&self, cid: &ConversationId) -> Result<u64, QueueError> {
-        let k = self.keys().for_conversation(cid);
-        let mut conn = self.conn().await?;
-        Ok(redis::cmd("ZCARD")
-            .arg(k.ready())
-            .query_async(&mut *conn)
-            .await?)
-    }
-
-    /// How many conversations wait ahead of `cid` in the shared ready queue
-    /// (`None` when it is not waiting there).
-    pub async fn ahead_of(&self, cid: &ConversationId) -> Result<Option<u64>, QueueError> {
-        let k = self.keys().for_conversation(cid);
-        let mut conn = self.conn().await?;
-        Ok(redis::cmd("ZRANK")
-            .arg(k.ready())
-            .arg(cid.as_str())
-            .query_async(&mut *conn)
-            .await?)
+        let (seen, waiting): (u64, u64) = pipe.query_async(&mut *conn).await?;
+        Ok((seen > 0, waiting))
     }
 
     /// A handle for plain commands on a shard's keys (egress reply state).
-    pub async fn connection(&self) -> Result<deadpool_redis::Connection, QueueError> {
+    pub async fn connection(&self) -> Result<crate::store::Connection, QueueError> {
         self.conn().await
     }
 }

@@ -88,7 +88,7 @@ impl<'a> ScriptCall<'a> {
     /// Run it on `conn`.
     pub async fn invoke<T: redis::FromRedisValue>(
         &self,
-        conn: &mut deadpool_redis::Connection,
+        conn: &mut crate::store::Connection,
     ) -> redis::RedisResult<T> {
         let mut invocation = self.script.prepare_invoke();
         for key in &self.keys {

@@ -56,8 +56,14 @@ pub enum EnqueueMode {
 /// What happened to an enqueued message.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Enqueued {
-    /// Queued; `position` is its place in the conversation's inbox (1 = next).
-    Queued { id: String, position: u64 },
+    /// Queued; `position` is its place in the conversation's inbox (1 = next),
+    /// `ahead` how many conversations wait before it in the shared ready
+    /// queue (`None` when it is not waiting there).
+    Queued {
+        id: String,
+        position: u64,
+        ahead: Option<u64>,
+    },
     /// One of its dedupe keys was seen before: not queued again.
     Duplicate,
     /// The conversation's inbox is full: dead-lettered, the user told once.

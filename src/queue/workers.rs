@@ -114,7 +114,7 @@ impl Queue {
     /// polls every `redis.blocking_read`.
     pub(crate) async fn wake_worker(
         &self,
-        conn: &mut deadpool_redis::Connection,
+        conn: &mut crate::store::Connection,
         cid: &ConversationId,
         worker: &str,
     ) -> Result<(), QueueError> {
@@ -149,9 +149,7 @@ impl Queue {
 }
 
 /// Redis server time in ms (the clock every lease and heartbeat uses).
-pub(crate) async fn server_time_ms(
-    conn: &mut deadpool_redis::Connection,
-) -> Result<u64, QueueError> {
+pub(crate) async fn server_time_ms(conn: &mut crate::store::Connection) -> Result<u64, QueueError> {
     let (secs, micros): (u64, u64) = redis::cmd("TIME").query_async(&mut **conn).await?;
     Ok(secs * 1000 + micros / 1000)
 }

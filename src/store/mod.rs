@@ -5,12 +5,114 @@
 pub mod acl;
 pub mod embedded;
 
-use deadpool_redis::{Manager, Pool, Runtime};
-use redis::AsyncConnectionConfig;
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use deadpool::managed::{self, Metrics, RecycleError, RecycleResult};
+use redis::aio::{ConnectionLike, MultiplexedConnection};
+use redis::{AsyncConnectionConfig, Client, Cmd, Pipeline, RedisError, RedisFuture, Value};
 
 use crate::config::{RedisSettings, Secret};
 
-pub use deadpool_redis::Pool as RedisPool;
+/// The pool of Redis connections: each checkout is one connection of its
+/// own, so a blocking read (`XREADGROUP BLOCK`, `BLPOP`) holds up nobody else.
+pub type RedisPool = managed::Pool<Manager>;
+/// A connection checked out of the pool; `&mut *conn` runs commands.
+pub type Connection = managed::Object<Manager>;
+/// Why no connection could be checked out.
+pub type PoolError = managed::PoolError<RedisError>;
+
+/// A connection unused for this long is checked with a `PING` before it is
+/// handed out again.
+pub const IDLE_BEFORE_PING: std::time::Duration = std::time::Duration::from_secs(1);
+
+/// Opens connections, and hands a returned connection out again unless it
+/// saw its socket fail. Unlike `deadpool-redis`, no `PING` round trip on
+/// every checkout (that was a round trip per command; a hung Redis is
+/// caught by the response timeout anyway), only on one that sat unused for
+/// [`IDLE_BEFORE_PING`].
+#[derive(Debug)]
+pub struct Manager {
+    client: Client,
+    config: AsyncConnectionConfig,
+}
+
+impl managed::Manager for Manager {
+    type Type = PooledConnection;
+    type Error = RedisError;
+
+    async fn create(&self) -> Result<PooledConnection, RedisError> {
+        let conn = self
+            .client
+            .get_multiplexed_async_connection_with_config(&self.config)
+            .await?;
+        Ok(PooledConnection {
+            conn,
+            broken: AtomicBool::new(false),
+        })
+    }
+
+    async fn recycle(
+        &self,
+        conn: &mut PooledConnection,
+        metrics: &Metrics,
+    ) -> RecycleResult<RedisError> {
+        if conn.broken.load(Ordering::Relaxed) {
+            return Err(RecycleError::message("the connection failed"));
+        }
+        // A connection out of use for a while may have been closed under us
+        // (Redis restarted): one PING then, so the checkout gets a live
+        // connection instead of one failed command. Under load connections
+        // come back within milliseconds and are never pinged.
+        if metrics.last_used() >= IDLE_BEFORE_PING {
+            redis::cmd("PING").query_async::<()>(conn).await?;
+        }
+        Ok(())
+    }
+}
+
+/// A connection that remembers whether its socket failed, so the pool
+/// drops it instead of handing it out again.
+pub struct PooledConnection {
+    conn: MultiplexedConnection,
+    broken: AtomicBool,
+}
+
+impl PooledConnection {
+    fn note<T>(&self, result: &Result<T, RedisError>) {
+        if let Err(e) = result
+            && (e.is_unrecoverable_error() || e.is_connection_dropped())
+        {
+            self.broken.store(true, Ordering::Relaxed);
+        }
+    }
+}
+
+impl ConnectionLike for PooledConnection {
+    fn req_packed_command<'a>(&'a mut self, cmd: &'a Cmd) -> RedisFuture<'a, Value> {
+        Box::pin(async move {
+            let result = self.conn.req_packed_command(cmd).await;
+            self.note(&result);
+            result
+        })
+    }
+
+    fn req_packed_commands<'a>(
+        &'a mut self,
+        cmd: &'a Pipeline,
+        offset: usize,
+        count: usize,
+    ) -> RedisFuture<'a, Vec<Value>> {
+        Box::pin(async move {
+            let result = self.conn.req_packed_commands(cmd, offset, count).await;
+            self.note(&result);
+            result
+        })
+    }
+
+    fn get_db(&self) -> i64 {
+        self.conn.get_db()
+    }
+}
 
 /// Why Redis cannot be used.
 #[derive(Debug, thiserror::Error)]
@@ -32,14 +134,14 @@ pub enum StoreError {
 
 /// Build the pool. Connections are opened lazily; call [`check_server`]
 /// before relying on it.
-pub fn connect(url: &Secret, settings: &RedisSettings) -> Result<Pool, StoreError> {
+pub fn connect(url: &Secret, settings: &RedisSettings) -> Result<RedisPool, StoreError> {
     let config = AsyncConnectionConfig::new()
         .set_connection_timeout(Some(settings.connect_timeout))
         .set_response_timeout(Some(settings.response_timeout));
-    let manager = Manager::new_with_config(url.expose(), config).map_err(StoreError::BadUrl)?;
-    Pool::builder(manager)
+    let client = Client::open(url.expose()).map_err(StoreError::BadUrl)?;
+    RedisPool::builder(Manager { client, config })
         .max_size(settings.pool_size)
-        .runtime(Runtime::Tokio1)
+        .runtime(deadpool::Runtime::Tokio1)
         .wait_timeout(Some(settings.connect_timeout))
         .create_timeout(Some(settings.connect_timeout))
         .build()
@@ -47,7 +149,7 @@ pub fn connect(url: &Secret, settings: &RedisSettings) -> Result<Pool, StoreErro
 }
 
 /// Check that Redis answers and will never evict a key.
-pub async fn check_server(pool: &Pool) -> Result<(), StoreError> {
+pub async fn check_server(pool: &RedisPool) -> Result<(), StoreError> {
     let mut conn = pool
         .get()
         .await
@@ -67,7 +169,7 @@ pub async fn check_server(pool: &Pool) -> Result<(), StoreError> {
 }
 
 /// Answer a PING within the pool's timeouts: the readiness probe.
-pub async fn ping(pool: &Pool) -> Result<(), StoreError> {
+pub async fn ping(pool: &RedisPool) -> Result<(), StoreError> {
     let mut conn = pool
         .get()
         .await

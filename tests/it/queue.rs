@@ -2,9 +2,10 @@
 
 use std::time::Duration;
 
-use switchboard::domain::ConversationId;
+use switchboard::domain::{ConversationId, Destination};
 use switchboard::queue::{
-    ClaimOutcome, EnqueueMode, Enqueued, FailOutcome, LeaseKeeper, Owner, QueueError,
+    ClaimOutcome, EnqueueMode, Enqueued, FailOutcome, LeaseKeeper, OutboxKind, Owner, Queue,
+    QueueError,
 };
 
 use crate::helpers::*;
@@ -454,4 +455,84 @@ async fn sessions_are_saved_only_under_the_lease() {
     enqueue(&queue, "c1", 1).await;
     let c = claim(&queue, &worker("w")).await.expect("claim");
     assert_eq!(c.session_id.as_deref(), Some("sess-1"));
+}
+
+#[tokio::test]
+async fn a_slack_message_gets_an_acknowledgement_entry_only_when_asked() {
+    let redis = TestRedis::start();
+    let (queue, _) = test_queue(&redis, "ack-entry", fast_settings());
+    let slack = Destination::Slack {
+        team: "T1".into(),
+        channel: "C1".into(),
+        thread_ts: None,
+    };
+    let acks = |queue: Queue, cid: &'static str| async move {
+        let shard = queue.keys().shard_of(&ConversationId::new(cid));
+        queue
+            .outbox_entries(shard)
+            .await
+            .expect("outbox")
+            .into_iter()
+            .filter(|e| e.kind == OutboxKind::Ack && e.conversation.as_str() == cid)
+            .flat_map(|e| e.acks)
+            .collect::<Vec<_>>()
+    };
+    for (cid, acknowledge) in [("quiet", false), ("seen", true)] {
+        let got = queue
+            .enqueue_acknowledged(
+                &message(cid, 7),
+                &slack,
+                EnqueueMode::CreateOrAppend,
+                acknowledge,
+            )
+            .await
+            .expect("enqueue");
+        assert!(matches!(got, Enqueued::Queued { .. }));
+    }
+    assert!(acks(queue.clone(), "quiet").await.is_empty());
+    assert_eq!(acks(queue.clone(), "seen").await, vec!["7".to_string()]);
+}
+
+#[tokio::test]
+async fn a_pooled_connection_is_reused_without_a_ping_unless_idle_or_broken() {
+    use deadpool::managed::{Manager as _, Metrics};
+    use switchboard::config::{RedisSettings, Secret};
+    let mut redis = TestRedis::start();
+    let pool = switchboard::store::connect(&Secret::new(redis.url()), &RedisSettings::default())
+        .expect("pool");
+    let manager = pool.manager();
+    let mut conn = manager.create().await.expect("connection");
+    let now = std::time::Instant::now();
+    let just_used = Metrics {
+        created: now,
+        recycled: Some(now),
+        recycle_count: 1,
+    };
+    let idle = Metrics {
+        recycled: now.checked_sub(switchboard::store::IDLE_BEFORE_PING * 2),
+        ..just_used
+    };
+    assert!(manager.recycle(&mut conn, &just_used).await.is_ok());
+    assert!(
+        manager.recycle(&mut conn, &idle).await.is_ok(),
+        "live: PING answered"
+    );
+    // Redis restarts: the connection is closed under us.
+    redis.restart();
+    assert!(
+        manager.recycle(&mut conn, &idle).await.is_err(),
+        "an idle connection is checked and found dead"
+    );
+    let mut conn = manager.create().await.expect("connection");
+    redis.restart();
+    assert!(
+        manager.recycle(&mut conn, &just_used).await.is_ok(),
+        "a connection just used is not pinged"
+    );
+    let failed = redis::cmd("PING").query_async::<String>(&mut conn).await;
+    assert!(failed.is_err(), "its next command fails");
+    assert!(
+        manager.recycle(&mut conn, &just_used).await.is_err(),
+        "and the pool drops it"
+    );
 }

@@ -384,13 +384,47 @@ async fn fifty_conversations_streaming_at_once_stay_within_slacks_limits_and_all
     world.stop().await;
 }
 
+/// Mention the bot in `channel` during a Slack outage (every post and
+/// update answered 503) that lasts until the final reply was tried once or
+/// was dead-lettered as too old, so that when Slack is back the reply is
+/// older than a millisecond whatever the machine's speed. Returns the
+/// mention's ts.
+async fn outage_until_the_final_reply_is_tried(
+    world: &SlackWorld,
+    channel: &str,
+    text: &str,
+) -> String {
+    const METHODS: [&str; 2] = ["chat.postMessage", "chat.update"];
+    for method in METHODS {
+        world.stub.fail_next(method, 10_000, Failure::Status(503));
+    }
+    let ts = world.mention(channel, text).await;
+    wait_until(Duration::from_secs(60), "a try of the final reply", || {
+        let tried = world.stub.calls().into_iter().any(|c| {
+            c.status == 503
+                && c.param("text")
+                    .is_some_and(|t| t.contains("turn 1 of session"))
+        });
+        let queue = world.queue.clone();
+        async move {
+            let dead = queue.dead_letters(10).await.expect("dead letters");
+            (tried || dead.iter().any(|d| d.reason.contains("too old"))).then_some(())
+        }
+    })
+    .await;
+    for method in METHODS {
+        world.stub.clear_failures(method);
+    }
+    ts
+}
+
 #[tokio::test]
 async fn a_reply_too_old_when_it_can_be_sent_goes_out_with_a_note() {
     let world = SlackWorld::start("e2e-stale-note", |s| {
         s.egress.max_reply_age = Duration::from_millis(1)
     })
     .await;
-    let ts = world.mention("C0LATE", "are you late?").await;
+    let ts = outage_until_the_final_reply_is_tried(&world, "C0LATE", "are you late?").await;
     let reply = final_reply(&world, "C0LATE", &ts).await;
     world.settle().await;
     assert!(reply.text.contains("Sorry for the delay"), "{}", reply.text);
@@ -405,18 +439,8 @@ async fn a_reply_too_old_is_dead_lettered_when_so_configured() {
         s.egress.stale_replies = switchboard::config::StaleReplies::Drop;
     })
     .await;
-    // The first post is rate limited for a second, so the reply is surely
-    // older than 1 ms when egress tries again (on a fast machine it can be
-    // younger than that at the first try). No [[delay]]: a progress update
-    // could carry the text before the final reply is dropped.
-    world.stub.fail_next(
-        "chat.postMessage",
-        1,
-        Failure::RateLimited {
-            retry_after_secs: 1,
-        },
-    );
-    let ts = world.mention("C0DROP", "too late").await;
+    let ts =
+        outage_until_the_final_reply_is_tried(&world, "C0DROP", "[[delay:300]] too late").await;
     wait_until(Duration::from_secs(60), "the dead letter", || {
         let queue = world.queue.clone();
         async move {

@@ -29,6 +29,15 @@ pub enum Delivered {
     Dead(String),
 }
 
+/// What sending one part of a reply came to.
+enum Sent {
+    /// Sent: these reply-state fields (message ts, text hash) are to be
+    /// recorded.
+    Fields(Vec<(String, String)>),
+    /// Nothing to record: already sent, shed, or failed.
+    Outcome(Delivered),
+}
+
 /// How much a call matters when tokens are short.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Priority {
@@ -154,24 +163,27 @@ impl SlackDelivery {
             Priority::Progress
         };
         let parts = format_reply(&text, self.settings.message_limit);
+        // What the last part sent is recorded together with the reply's
+        // progress below: one round trip instead of two.
+        let mut sent = Vec::new();
         for (i, part) in parts.iter().enumerate() {
+            if i > 0 && !sent.is_empty() {
+                self.set(&key, &std::mem::take(&mut sent)).await?;
+            }
             match self
                 .send_part(entry, target, &key, &state, i, part, priority)
                 .await?
             {
-                Delivered::Done => {}
-                other => return Ok(other),
+                Sent::Fields(fields) => sent = fields,
+                Sent::Outcome(Delivered::Done) => {}
+                Sent::Outcome(other) => return Ok(other),
             }
         }
-        let mut conn = self.queue.connection().await?;
-        let mut pipe = redis::pipe();
-        pipe.hset(&key, "seq", entry.seq).ignore();
+        sent.push(("seq".into(), entry.seq.to_string()));
         if is_final {
-            pipe.hset(&key, "done", 1).ignore();
+            sent.push(("done".into(), "1".into()));
         }
-        pipe.expire(&key, 7 * 24 * 3600).ignore();
-        pipe.query_async::<()>(&mut *conn).await?;
-        drop(conn);
+        self.set(&key, &sent).await?;
         if is_final {
             metrics::counter!("switchboard_egress_replies_total", "channel" => "slack")
                 .increment(1);
@@ -191,10 +203,10 @@ impl SlackDelivery {
         i: usize,
         text: &str,
         priority: Priority,
-    ) -> Result<Delivered, QueueError> {
+    ) -> Result<Sent, QueueError> {
         let digest = hex_digest(text);
         if state.get(&format!("hash.{i}")) == Some(&digest) {
-            return Ok(Delivered::Done);
+            return Ok(Sent::Outcome(Delivered::Done));
         }
         let message_key = format!("{}#{i}", entry.reply_id);
         let mut ts = state.get(&format!("ts.{i}")).cloned();
@@ -207,11 +219,12 @@ impl SlackDelivery {
             {
                 Ok(Some(found)) => {
                     tracing::info!(reply = %message_key, ts = %found.ts, "adopted a message posted before a crash");
-                    self.set(key, &format!("ts.{i}"), &found.ts).await?;
+                    self.set(key, &[(format!("ts.{i}"), found.ts.clone())])
+                        .await?;
                     ts = Some(found.ts);
                 }
                 Ok(None) => {}
-                Err(e) => return Ok(self.on_error(e, priority)),
+                Err(e) => return Ok(Sent::Outcome(self.on_error(e, priority))),
             }
         }
         let method = if ts.is_some() {
@@ -222,33 +235,31 @@ impl SlackDelivery {
         if !self.wait_tokens(target, method, priority).await? {
             metrics::counter!("switchboard_egress_slack_shed_total", "call" => "progress")
                 .increment(1);
-            return Ok(Delivered::Done);
+            return Ok(Sent::Outcome(Delivered::Done));
         }
+        let mut fields = Vec::with_capacity(2);
         let sent = match &ts {
             Some(ts) => self.api.update_message(target.channel, ts, text).await,
             None => {
-                self.set(key, &format!("pending.{i}"), "1").await?;
+                self.set(key, &[(format!("pending.{i}"), "1".into())])
+                    .await?;
                 let message = PostMessage {
                     channel: target.channel,
                     thread_ts: target.thread_ts,
                     text,
                     reply_id: Some(&message_key),
                 };
-                match self.api.post_message(&message).await {
-                    Ok(posted) => self
-                        .set(key, &format!("ts.{i}"), &posted.ts)
-                        .await
-                        .map(|_| Ok(()))?,
-                    Err(e) => Err(e),
-                }
+                self.api.post_message(&message).await.map(|posted| {
+                    fields.push((format!("ts.{i}"), posted.ts));
+                })
             }
         };
         match sent {
             Ok(()) => {
-                self.set(key, &format!("hash.{i}"), &digest).await?;
-                Ok(Delivered::Done)
+                fields.push((format!("hash.{i}"), digest));
+                Ok(Sent::Fields(fields))
             }
-            Err(e) => Ok(self.on_error(e, priority)),
+            Err(e) => Ok(Sent::Outcome(self.on_error(e, priority))),
         }
     }
 
@@ -375,10 +386,11 @@ impl SlackDelivery {
         }
     }
 
-    async fn set(&self, key: &str, field: &str, value: &str) -> Result<(), QueueError> {
+    /// Record fields of a reply's state (kept a week), in one round trip.
+    async fn set(&self, key: &str, fields: &[(String, String)]) -> Result<(), QueueError> {
         let mut conn = self.queue.connection().await?;
         redis::pipe()
-            .hset(key, field, value)
+            .hset_multiple(key, fields)
             .ignore()
             .expire(key, 7 * 24 * 3600)
             .ignore()

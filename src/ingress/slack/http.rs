@@ -47,7 +47,10 @@ async fn events(State(state): State<EventsState>, headers: HeaderMap, body: Byte
         tracing::warn!(reason = e.reason(), "rejected a Slack request");
         return (StatusCode::UNAUTHORIZED, "invalid request signature\n").into_response();
     }
-    match state.intake.accept_body(&body).await {
+    // Boxed: the intake's future is large (admission, queue and Redis calls
+    // nested inline), and axum and tower move the handler's future a few
+    // times before polling it; a box makes those moves cheap.
+    match Box::pin(state.intake.accept_body(&body)).await {
         Ok(IntakeOutcome::Challenge(challenge)) => {
             axum::Json(serde_json::json!({ "challenge": challenge })).into_response()
         }

@@ -9,7 +9,9 @@ use std::time::{SystemTime, UNIX_EPOCH};
 use crate::admission::{Admission, Refusal};
 use crate::queue::{EnqueueMode, Enqueued, Queue};
 
-use super::{Candidate, Decision, EventError, IgnoreReason, SlackIngressSettings, decide_value};
+use super::{
+    Candidate, Decision, EventError, IgnoreReason, SlackIngressSettings, decide, decide_value,
+};
 
 /// What became of an event.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -62,6 +64,8 @@ pub struct SlackIntake {
     queue: Queue,
     settings: Arc<SlackIngressSettings>,
     admission: Option<Admission>,
+    /// Whether egress shows the sender their message was seen (a reaction).
+    acknowledge: bool,
 }
 
 impl SlackIntake {
@@ -70,7 +74,15 @@ impl SlackIntake {
             queue,
             settings: Arc::new(settings),
             admission: None,
+            acknowledge: true,
         }
+    }
+
+    /// Whether queued messages get an acknowledgement entry for egress
+    /// (false when no acknowledgement reaction is configured).
+    pub fn with_acknowledgement(mut self, acknowledge: bool) -> Self {
+        self.acknowledge = acknowledge;
+        self
     }
 
     /// Check who may talk, how often and what they may spend first.
@@ -83,11 +95,10 @@ impl SlackIntake {
         &self.settings
     }
 
-    /// Take an event body (raw bytes, already authenticated).
+    /// Take an event body (raw bytes, already authenticated). The envelope
+    /// is read straight from the bytes, without a JSON tree in between.
     pub async fn accept_body(&self, body: &[u8]) -> Result<IntakeOutcome, IntakeError> {
-        let value: serde_json::Value = serde_json::from_slice(body)
-            .map_err(|e| IntakeError::Malformed(EventError::MalformedJson(e)))?;
-        self.accept_value(value).await
+        self.accept(decide(body, &self.settings, now_ms())?).await
     }
 
     /// Take an event already parsed as JSON (Socket Mode payloads).
@@ -95,7 +106,12 @@ impl SlackIntake {
         &self,
         value: serde_json::Value,
     ) -> Result<IntakeOutcome, IntakeError> {
-        let outcome = match decide_value(value, &self.settings, now_ms())? {
+        self.accept(decide_value(value, &self.settings, now_ms())?)
+            .await
+    }
+
+    async fn accept(&self, decision: Decision) -> Result<IntakeOutcome, IntakeError> {
+        let outcome = match decision {
             Decision::UrlVerification { challenge } => IntakeOutcome::Challenge(challenge),
             Decision::Ignore(reason) => {
                 metrics::counter!("switchboard_ingress_slack_ignored_total", "reason" => reason.as_str())
@@ -111,7 +127,9 @@ impl SlackIntake {
 
     async fn enqueue(&self, candidate: Candidate) -> Result<IntakeOutcome, IntakeError> {
         let deadline = self.settings.enqueue_deadline;
-        tokio::time::timeout(deadline, self.admit_and_enqueue(candidate))
+        // Boxed so that wrapping it in the timeout moves a pointer, not the
+        // whole (large) future.
+        tokio::time::timeout(deadline, Box::pin(self.admit_and_enqueue(candidate)))
             .await
             .map_err(|_| {
                 IntakeError::Unavailable(format!("Redis did not answer within {deadline:?}"))
@@ -122,12 +140,12 @@ impl SlackIntake {
         let unavailable = |e: crate::queue::QueueError| IntakeError::Unavailable(e.to_string());
         if let Some(admission) = &self.admission {
             // A retry of a message already queued is not a new request.
-            if self
+            let (seen, waiting) = self
                 .queue
-                .seen_any(&candidate.message)
+                .seen_and_waiting(&candidate.message)
                 .await
-                .map_err(unavailable)?
-            {
+                .map_err(unavailable)?;
+            if seen {
                 return Ok(IntakeOutcome::Duplicate);
             }
             // A thread reply outside a conversation of ours is not for us:
@@ -138,7 +156,12 @@ impl SlackIntake {
                     .conversation_exists(&candidate.message.conversation)
                     .await
                     .map_err(unavailable)?;
-            if ours && let Some(refusal) = admission.check(&candidate).await.map_err(unavailable)? {
+            if ours
+                && let Some(refusal) = admission
+                    .check(&candidate, waiting)
+                    .await
+                    .map_err(unavailable)?
+            {
                 admission
                     .refuse(&candidate, refusal)
                     .await
@@ -146,10 +169,10 @@ impl SlackIntake {
                 return Ok(IntakeOutcome::Refused(refusal));
             }
         }
-        let outcome = self.enqueue_checked(&candidate).await?;
+        let (outcome, ahead) = self.enqueue_checked(&candidate).await?;
         if outcome == IntakeOutcome::Queued
             && let Some(admission) = &self.admission
-            && let Err(e) = admission.tell_position(&candidate).await
+            && let Err(e) = admission.tell_position(&candidate, ahead).await
         {
             // The message is queued; only the courtesy notice is lost.
             tracing::warn!(error = %e, "could not tell the sender their place in line");
@@ -157,7 +180,12 @@ impl SlackIntake {
         Ok(outcome)
     }
 
-    async fn enqueue_checked(&self, candidate: &Candidate) -> Result<IntakeOutcome, IntakeError> {
+    /// Enqueue; with the number of conversations ahead of it in the ready
+    /// queue when it was queued there.
+    async fn enqueue_checked(
+        &self,
+        candidate: &Candidate,
+    ) -> Result<(IntakeOutcome, Option<u64>), IntakeError> {
         let mode = if candidate.needs_existing_conversation {
             EnqueueMode::ExistingOnly
         } else {
@@ -165,23 +193,27 @@ impl SlackIntake {
         };
         let result = self
             .queue
-            .enqueue(&candidate.message, &candidate.destination, mode)
+            .enqueue_acknowledged(
+                &candidate.message,
+                &candidate.destination,
+                mode,
+                self.acknowledge,
+            )
             .await
             .map_err(|e| IntakeError::Unavailable(e.to_string()))?;
-        let outcome = match result {
-            Enqueued::Queued { .. } => {
+        Ok(match result {
+            Enqueued::Queued { ahead, .. } => {
                 tracing::info!(
                     conversation = %candidate.message.conversation,
                     kind = candidate.kind.as_str(),
                     "slack message queued"
                 );
-                IntakeOutcome::Queued
+                (IntakeOutcome::Queued, ahead)
             }
-            Enqueued::Duplicate => IntakeOutcome::Duplicate,
-            Enqueued::Overflow => IntakeOutcome::Overflow,
-            Enqueued::NoConversation => IntakeOutcome::NotInConversation,
-        };
-        Ok(outcome)
+            Enqueued::Duplicate => (IntakeOutcome::Duplicate, None),
+            Enqueued::Overflow => (IntakeOutcome::Overflow, None),
+            Enqueued::NoConversation => (IntakeOutcome::NotInConversation, None),
+        })
     }
 }
 

@@ -3,7 +3,8 @@
 -- ARGV: 1 cid, 2 message json, 3 destination json, 4 inbox cap, 5 idle ttl ms,
 --       6 dedupe ttl s, 7 overflow reply text, 8 existing only ('1': follow-ups),
 --       9 source id to acknowledge ('' for none): egress shows the user it was seen
--- Returns {'queued', id, position, owner} | {'duplicate'} | {'overflow'} | {'no_conversation'}
+-- Returns {'queued', id, position, owner, ahead} | {'duplicate'} | {'overflow'} | {'no_conversation'}
+--   (ahead: conversations before it in the shared ready queue, '' when not in it)
 local conv, inbox, outbox, dead = KEYS[1], KEYS[2], KEYS[7], KEYS[8]
 local cid = ARGV[1]
 local now = now_ms()
@@ -40,4 +41,5 @@ local owner = ''
 if redis.call('HGET', conv, 'state') == 'idle' then
   owner = schedule(conv, KEYS[3], KEYS[4], KEYS[5], KEYS[6], cid, now)
 end
-return {'queued', id, tostring(len + 1), owner}
+local ahead = redis.call('ZRANK', KEYS[3], cid)
+return {'queued', id, tostring(len + 1), owner, ahead and tostring(ahead) or ''}
