@@ -510,6 +510,9 @@ async fn agents_run_as_the_configured_user_and_cannot_read_our_environment() {
         .expect("chmod base");
     let settings = AgentSettings {
         user: Some("nobody".into()),
+        command: crate::pool_support::stand_in_for_other_users()
+            .display()
+            .to_string(),
         ..stand_in_settings()
     };
     let nobody = agent::UnixUser::lookup("nobody").expect("nobody exists");

@@ -141,6 +141,7 @@ async fn agents_run_as_another_user_cannot_read_the_worker_or_see_redis_credenti
     }
     let mut agent = agent_settings(dir.path());
     agent.user = Some("nobody".into());
+    agent.command = stand_in_for_other_users().display().to_string();
     agent.secret_env.insert(
         "ANTHROPIC_API_KEY".into(),
         switchboard::config::Secret::new("sk-agent-own-key"),

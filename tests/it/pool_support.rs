@@ -13,6 +13,25 @@ use crate::queue_support::*;
 
 pub const STAND_IN: &str = env!("CARGO_BIN_EXE_stand-in-agent");
 
+/// The stand-in agent at a path every user can reach: a checkout may sit
+/// in a directory only its owner can enter (e.g. made by `mktemp -d`), and
+/// tests that run agents as another user need to exec it.
+pub fn stand_in_for_other_users() -> std::path::PathBuf {
+    use std::os::unix::fs::PermissionsExt;
+    static COPY: std::sync::OnceLock<tempfile::TempDir> = std::sync::OnceLock::new();
+    let dir = COPY.get_or_init(|| {
+        let dir = tempfile::tempdir().expect("tempdir");
+        std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755))
+            .expect("chmod dir");
+        let to = dir.path().join("stand-in-agent");
+        std::fs::copy(STAND_IN, &to).expect("copy the stand-in");
+        std::fs::set_permissions(&to, std::fs::Permissions::from_mode(0o755))
+            .expect("chmod stand-in");
+        dir
+    });
+    dir.path().join("stand-in-agent")
+}
+
 pub fn agent_settings(slots_dir: &std::path::Path) -> AgentSettings {
     AgentSettings {
         command: STAND_IN.into(),
