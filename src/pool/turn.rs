@@ -13,7 +13,7 @@ use crate::domain::ConversationId;
 use crate::queue::{Claim, Commit, LeaseKeeper, Owner, QueueError, QueuedMessage};
 
 use super::slots::{Assignment, SlotState};
-use super::worker::{Shared, lock, replace_process, restart_slot, slot_dirs};
+use super::worker::{Shared, fresh_or_starting, lock, replace_process, restart_slot, slot_dirs};
 
 /// Sequence number of a final reply: above any progress sequence.
 const FINAL_SEQ: u64 = u64::MAX / 2;
@@ -319,13 +319,19 @@ fn needs_recycle(shared: &Shared, slot: u32, process: &dyn AgentProcess) -> bool
 async fn finish(shared: &Arc<Shared>, slot: u32, finished: Finished) {
     match finished {
         Finished::Bound => {
-            {
+            let short = {
                 let mut table = lock(&shared.table);
                 let meta = &mut table[slot as usize];
                 meta.state = SlotState::Bound;
                 meta.last_used = Instant::now();
-            }
+                fresh_or_starting(&table) < shared.settings.pool.min_fresh
+            };
             shared.changed.notify_waiters();
+            if short {
+                // Fresh slots were taken while every other slot was busy:
+                // this one can now be evicted to make a fresh one.
+                shared.replenish.notify_one();
+            }
         }
         Finished::Restart => {
             restart_slot(shared.clone(), slot, SessionStart::New).await;
