@@ -180,12 +180,14 @@ impl Worker {
 
 async fn claim_loop(shared: &Arc<Shared>, turns: &TaskTracker, shutdown: &CancellationToken) {
     while !shutdown.is_cancelled() {
+        // Created before the check, so a slot freed in between wakes us.
+        let changed = shared.changed.notified();
         let available = lock(&shared.table).iter().any(SlotMeta::available);
         if !available {
             tokio::select! {
                 _ = shutdown.cancelled() => return,
-                _ = shared.changed.notified() => continue,
-                // Re-check now and then: a notification may predate the wait.
+                _ = changed => continue,
+                // A safety net only: every slot change notifies.
                 _ = tokio::time::sleep(Duration::from_millis(200)) => continue,
             }
         }
