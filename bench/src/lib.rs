@@ -101,7 +101,9 @@ pub async fn run(opts: Opts) -> anyhow::Result<Outcome> {
             }
         }
     };
-    if !ctx.opts.only_cpu {
+    if ctx.opts.only_pool {
+        run_pool_phases(&ctx, &mut record).await;
+    } else if !ctx.opts.only_cpu {
         run_phases_1_to_7(&ctx, &idle, &mut record).await;
     }
     // Instruction counts do not care that the main stack idles meanwhile.
@@ -145,13 +147,7 @@ async fn run_phases_1_to_7(
     let at = Instant::now();
     ctx.stub.clear();
     record("4 path", phases::path::path(ctx).await, at);
-    log!("phase 5: warm vs cold");
-    let at = Instant::now();
-    record("5 warm", phases::path::warm(ctx).await, at);
-    log!("phase 6: end-to-end throughput, gateway vs pipeline reference");
-    let at = Instant::now();
-    ctx.stub.clear();
-    record("6 e2e", phases::e2e::e2e(ctx).await, at);
+    run_pool_phases(ctx, record).await;
     log!("phase 7: memory");
     let at = Instant::now();
     let messages = agentlog::turns(&agentlog::read(&ctx.main.stdin_log)).len();
@@ -160,6 +156,20 @@ async fn run_phases_1_to_7(
         phases::e2e::memory(ctx, idle, messages).await,
         at,
     );
+}
+
+/// Phases 5 and 6: what the pool decides.
+async fn run_pool_phases(
+    ctx: &Ctx,
+    record: &mut impl FnMut(&str, anyhow::Result<PhaseOut>, Instant),
+) {
+    log!("phase 5: warm vs cold");
+    let at = Instant::now();
+    record("5 warm", phases::path::warm(ctx).await, at);
+    log!("phase 6: end-to-end throughput, gateway vs pipeline reference");
+    let at = Instant::now();
+    ctx.stub.clear();
+    record("6 e2e", phases::e2e::e2e(ctx).await, at);
 }
 
 fn skipped(phase: &str, why: &str) -> PhaseOut {

@@ -30,6 +30,9 @@ enum Cmd {
         /// Run phase 8 (callgrind) alone.
         #[arg(long, conflicts_with = "no_cpu")]
         only_cpu: bool,
+        /// Run phases 5 and 6 (warm hit, end to end) alone, without phase 8.
+        #[arg(long, conflicts_with = "only_cpu")]
+        only_pool: bool,
         /// Where switchboard, stand-in-agent and switchboard-bench are
         /// (default: next to this program).
         #[arg(long)]
@@ -58,6 +61,7 @@ async fn main() -> anyhow::Result<()> {
             keep_dir,
             no_cpu,
             only_cpu,
+            only_pool,
             bin_dir,
             out,
         } => {
@@ -78,7 +82,8 @@ async fn main() -> anyhow::Result<()> {
             };
             opts.keep_dir = keep_dir;
             opts.only_cpu = only_cpu;
-            if no_cpu {
+            opts.only_pool = only_pool;
+            if no_cpu || only_pool {
                 opts.cpu_small = 0;
             }
             let outcome = switchboard_bench::run(opts).await?;

@@ -19,6 +19,8 @@ pub struct Opts {
     pub keep_dir: bool,
     /// Run phase 8 alone (to iterate on what it measures).
     pub only_cpu: bool,
+    /// Run phases 5 and 6 alone (to iterate on the pool).
+    pub only_pool: bool,
     /// Interleaved rounds of each comparison.
     pub rounds: usize,
     /// Requests per round at 100/s, at 1000/s, and saturated.
@@ -62,6 +64,7 @@ impl Opts {
             mode: "full".into(),
             keep_dir: false,
             only_cpu: false,
+            only_pool: false,
             rounds: 5,
             n_100: 300,
             n_1000: 3000,

@@ -16,7 +16,7 @@ use tokio::sync::watch;
 
 use crate::pool::docker::{DockerRuntime, DockerRuntimeParts};
 use crate::pool::runtime::{ProcessRuntime, publish_shape};
-use crate::pool::{ALIVE_FILE, PoolRuntime, Worker, WorkerSettings};
+use crate::pool::{ALIVE_FILE, MAINTENANCE_INTERVAL, PoolRuntime, Worker, WorkerSettings};
 use crate::queue::{PoolShape, Queue, WorkerId};
 use crate::store::acl::{self, WorkerRedis};
 
@@ -127,6 +127,7 @@ impl Application {
             blocking_read: self.settings.redis.blocking_read,
             max_wait: Some(self.settings.admission.max_wait),
             alive_file: Some(self.settings.data_dir.join(ALIVE_FILE)),
+            maintenance_interval: MAINTENANCE_INTERVAL,
         };
         Ok(Worker::new(
             worker_id(),

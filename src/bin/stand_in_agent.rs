@@ -168,8 +168,13 @@ fn log_line(path: &std::path::Path, what: &str) {
         .append(true)
         .open(path)
     {
-        // A lost line only loses one benchmark sample.
-        let _ = writeln!(file, "{now} {} {what}", std::process::id());
+        // One write per line: every slot's agent appends to the same file,
+        // and `writeln!` on a file writes each piece of the format apart, so
+        // two agents answering `initialize` at once could interleave their
+        // lines and the bench would miss a `<<ready>>`. A lost line only
+        // loses one benchmark sample.
+        let line = format!("{now} {} {what}\n", std::process::id());
+        let _ = file.write_all(line.as_bytes());
     }
 }
 

@@ -20,6 +20,9 @@ use std::time::Duration;
 /// The file a worker touches on each successful heartbeat, in `data_dir`.
 pub const ALIVE_FILE: &str = "worker.alive";
 
+/// How often a worker's maintenance round runs (`WorkerSettings::maintenance_interval`).
+pub const MAINTENANCE_INTERVAL: Duration = Duration::from_millis(500);
+
 /// `switchboard worker-alive`: whether the worker with this `data_dir` had
 /// a successful heartbeat within `max_age`. Returns the age, or why not.
 pub fn check_alive(data_dir: &Path, max_age: Duration) -> Result<Duration, String> {

@@ -10,10 +10,10 @@ use tracing::Instrument;
 
 use crate::agent::{AgentProcess, SessionStart, TurnError, TurnResult, transcript};
 use crate::domain::ConversationId;
-use crate::queue::{Claim, Commit, LeaseKeeper, Owner, QueueError, QueuedMessage};
+use crate::queue::{Claim, Commit, LeaseKeeper, Owner, QueueError, QueuedMessage, SessionSave};
 
 use super::slots::{Assignment, SlotState};
-use super::worker::{Shared, lock, replace_process, restart_slot, slot_dirs};
+use super::worker::{Shared, fresh_or_starting, lock, replace_process, restart_slot, slot_dirs};
 
 /// Sequence number of a final reply: above any progress sequence.
 const FINAL_SEQ: u64 = u64::MAX / 2;
@@ -213,9 +213,10 @@ async fn commit(
         .session_id
         .clone()
         .or_else(|| process.session_id().map(String::from));
-    if let Some(session_id) = &session_id {
-        save_session(shared, claim, slot, session_id).await;
-    }
+    let session = match session_id {
+        Some(id) => read_transcript(shared, slot, id).await,
+        None => None,
+    };
     let recycle = needs_recycle(shared, slot, process);
     let generation = lock(&shared.table)[slot as usize].generation;
     let owner = (!recycle && process.is_usable()).then(|| Owner {
@@ -229,14 +230,20 @@ async fn commit(
         owner,
         cost_usd: result.cost_usd,
         final_seq: FINAL_SEQ,
+        session,
     };
-    match shared.queue.commit(&claim.lease, &commit).await {
+    // The cost was spent whether or not the commit lands, so it is charged
+    // alongside (its keys live in another shard), not after it.
+    let (committed, ()) = tokio::join!(
+        shared.queue.commit(&claim.lease, &commit),
+        charge(shared, claim, commit.cost_usd)
+    );
+    match committed {
         Ok(()) => {
             timing(claim, "committed");
             metrics::counter!("switchboard_pool_turns_total", "outcome" => "committed")
                 .increment(1);
             lock(&shared.table)[slot as usize].turns += 1;
-            charge(shared, claim, commit.cost_usd).await;
         }
         Err(QueueError::Fenced(_)) => {
             tracing::warn!(
@@ -277,25 +284,21 @@ async fn charge(shared: &Shared, claim: &Claim, cost_usd: f64) {
     }
 }
 
-async fn save_session(shared: &Shared, claim: &Claim, slot: u32, session_id: &str) {
+/// The session to store with the commit, so any slot can resume it.
+async fn read_transcript(shared: &Shared, slot: u32, id: String) -> Option<SessionSave> {
     let bytes = match slot_dirs(shared, slot) {
-        Ok(dirs) => transcript::read(&dirs, session_id)
+        Ok(dirs) => transcript::read(&dirs, &id)
             .await
             .map_err(|e| e.to_string()),
         Err(e) => Err(e.to_string()),
     };
     match bytes {
-        Ok(bytes) => {
-            if let Err(e) = shared
-                .queue
-                .save_session(&claim.lease, session_id, &bytes)
-                .await
-            {
-                tracing::warn!(error = %e, "session not saved; a resume elsewhere starts anew");
-            }
-        }
+        Ok(transcript) => Some(SessionSave { id, transcript }),
         // The command driver keeps no transcript; nothing to save.
-        Err(e) => tracing::debug!(error = %e, "no transcript to save"),
+        Err(e) => {
+            tracing::debug!(error = %e, "no transcript to save");
+            None
+        }
     }
 }
 
@@ -319,13 +322,19 @@ fn needs_recycle(shared: &Shared, slot: u32, process: &dyn AgentProcess) -> bool
 async fn finish(shared: &Arc<Shared>, slot: u32, finished: Finished) {
     match finished {
         Finished::Bound => {
-            {
+            let short = {
                 let mut table = lock(&shared.table);
                 let meta = &mut table[slot as usize];
                 meta.state = SlotState::Bound;
                 meta.last_used = Instant::now();
-            }
+                fresh_or_starting(&table) < shared.settings.pool.min_fresh
+            };
             shared.changed.notify_waiters();
+            if short {
+                // Fresh slots were taken while every other slot was busy:
+                // this one can now be evicted to make a fresh one.
+                shared.replenish.notify_one();
+            }
         }
         Finished::Restart => {
             restart_slot(shared.clone(), slot, SessionStart::New).await;

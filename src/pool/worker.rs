@@ -51,6 +51,10 @@ pub struct WorkerSettings {
     /// Touched on every successful heartbeat, for `switchboard worker-alive`
     /// (a container health check or Kubernetes probe).
     pub alive_file: Option<PathBuf>,
+    /// How often idle timeouts, failed starts and the pool's shape are
+    /// checked. Fresh slots are topped up at once when one is taken, not
+    /// only then.
+    pub maintenance_interval: Duration,
 }
 
 /// A slot's process, owned by whichever task has the slot Busy/Starting.
@@ -73,6 +77,9 @@ pub(super) struct Shared {
     pub target_slots: AtomicU32,
     /// Signalled whenever a slot may have become available.
     pub changed: Notify,
+    /// Signalled (one permit) when the pool may be short of fresh slots, so
+    /// maintenance tops them up without waiting for its next round.
+    pub replenish: Notify,
     /// Cancelled when running turns must stop (after the drain deadline).
     pub abort_turns: CancellationToken,
 }
@@ -113,6 +120,7 @@ impl Worker {
                 settings,
                 slots_base: base,
                 changed: Notify::new(),
+                replenish: Notify::new(),
                 abort_turns: CancellationToken::new(),
             }),
         })
@@ -172,12 +180,14 @@ impl Worker {
 
 async fn claim_loop(shared: &Arc<Shared>, turns: &TaskTracker, shutdown: &CancellationToken) {
     while !shutdown.is_cancelled() {
+        // Created before the check, so a slot freed in between wakes us.
+        let changed = shared.changed.notified();
         let available = lock(&shared.table).iter().any(SlotMeta::available);
         if !available {
             tokio::select! {
                 _ = shutdown.cancelled() => return,
-                _ = shared.changed.notified() => continue,
-                // Re-check now and then: a notification may predate the wait.
+                _ = changed => continue,
+                // A safety net only: every slot change notifies.
                 _ = tokio::time::sleep(Duration::from_millis(200)) => continue,
             }
         }
@@ -194,6 +204,12 @@ async fn claim_loop(shared: &Arc<Shared>, turns: &TaskTracker, shutdown: &Cancel
             }
             Ok(ClaimOutcome::Claimed(claim)) => match assign_slot(shared, &claim, shutdown).await {
                 Some(assignment) => {
+                    if !matches!(assignment, Assignment::Warm { .. }) {
+                        // A fresh slot was taken (or an idle one evicted):
+                        // start its replacement now, so the next new
+                        // conversation finds one ready.
+                        shared.replenish.notify_one();
+                    }
                     metrics::counter!("switchboard_pool_claims_total", "slot" => assignment.label())
                         .increment(1);
                     turns.spawn(super::turn::run(shared.clone(), *claim, assignment));
@@ -404,21 +420,28 @@ async fn heartbeat(shared: Arc<Shared>, stop: CancellationToken) {
 async fn maintain(shared: Arc<Shared>, stop: CancellationToken) {
     let mut failed_since: Vec<Option<Instant>> = vec![None; shared.processes.len()];
     let mut tick: u64 = 0;
+    let mut every = tokio::time::interval(shared.settings.maintenance_interval);
+    every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    // The first tick is immediate; the slots were only just started.
+    every.tick().await;
     loop {
-        tokio::select! {
+        let round = tokio::select! {
             _ = stop.cancelled() => return,
-            _ = tokio::time::sleep(Duration::from_millis(500)) => {}
-        }
-        tick += 1;
-        if tick % 2 == 1 {
-            follow_shape(&shared).await;
-        }
-        let (start, retire) = resize(&shared);
-        for index in start {
-            tokio::spawn(restart_slot(shared.clone(), index, SessionStart::New));
-        }
-        for index in retire {
-            tokio::spawn(retire_slot(shared.clone(), index));
+            _ = every.tick() => true,
+            _ = shared.replenish.notified() => false,
+        };
+        if round {
+            tick += 1;
+            if tick % 2 == 1 {
+                follow_shape(&shared).await;
+            }
+            let (start, retire) = resize(&shared);
+            for index in start {
+                tokio::spawn(restart_slot(shared.clone(), index, SessionStart::New));
+            }
+            for index in retire {
+                tokio::spawn(retire_slot(shared.clone(), index));
+            }
         }
         for index in pick_maintenance(&shared, &mut failed_since) {
             super::turn::evict(&shared, index).await;
@@ -527,11 +550,7 @@ fn pick_maintenance(shared: &Shared, failed_since: &mut [Option<Instant>]) -> Ve
             _ => failed_since[i] = None,
         }
     }
-    let fresh = table
-        .iter()
-        .filter(|s| !s.retiring && matches!(s.state, SlotState::Fresh | SlotState::Starting))
-        .count() as u32
-        + picked.len() as u32;
+    let fresh = fresh_or_starting(&table) + picked.len() as u32;
     if fresh < pool.min_fresh {
         let mut bound: Vec<&SlotMeta> = table
             .iter()
@@ -549,4 +568,12 @@ fn pick_maintenance(shared: &Shared, failed_since: &mut [Option<Instant>]) -> Ve
         table[index as usize].state = SlotState::Starting;
     }
     picked
+}
+
+/// Slots that are fresh or on their way to it (not being retired).
+pub(super) fn fresh_or_starting(table: &[SlotMeta]) -> u32 {
+    table
+        .iter()
+        .filter(|s| !s.retiring && matches!(s.state, SlotState::Fresh | SlotState::Starting))
+        .count() as u32
 }

@@ -120,6 +120,10 @@ impl Queue {
             .arg(format!("{:.6}", commit.cost_usd))
             .arg(Self::ms(self.settings().idle_ttl))
             .arg(commit.final_seq);
+        call = match &commit.session {
+            Some(s) => call.arg(&s.id).arg_bytes(&s.transcript),
+            None => call.arg("").arg(""),
+        };
         for part in &commit.parts {
             call = call.arg(part);
         }

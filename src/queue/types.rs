@@ -131,6 +131,16 @@ pub struct Commit {
     pub cost_usd: f64,
     /// Sequence number of the final text; above every progress seq.
     pub final_seq: u64,
+    /// The agent's session to store with the reply (as `save_session` does),
+    /// so any slot can resume it; `None` leaves the stored one as it is.
+    pub session: Option<SessionSave>,
+}
+
+/// An agent session to store: its resume id and transcript.
+#[derive(Debug, Clone)]
+pub struct SessionSave {
+    pub id: String,
+    pub transcript: Vec<u8>,
 }
 
 /// The outcome of a failed turn.

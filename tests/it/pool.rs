@@ -2,6 +2,8 @@
 
 use std::time::Duration;
 
+use switchboard::queue::{Queue, WorkerId};
+
 use crate::helpers::*;
 use crate::pool_support::*;
 use crate::queue_support::*;
@@ -38,6 +40,68 @@ async fn a_new_conversation_is_served_by_a_pre_started_slot_and_its_follow_up_by
     for pid in pids {
         assert!(!alive(pid), "agent {pid} outlived the worker's shutdown");
     }
+}
+
+/// Maintenance rounds an hour apart: within a test, only the top-up when a
+/// fresh slot is taken (or a slot is freed) can make a fresh slot.
+const NO_ROUNDS: Duration = Duration::from_secs(3600);
+
+/// The pid of a fresh slot of `worker` that is not in `not`.
+async fn another_fresh_pid(queue: &Queue, worker: &WorkerId, not: &[u32]) -> u32 {
+    wait_until(Duration::from_secs(20), "a new fresh slot", || {
+        let (queue, worker) = (queue.clone(), worker.clone());
+        async move {
+            slots_of(&queue, &worker)
+                .await
+                .into_iter()
+                .filter(|s| s.0 == "fresh")
+                .find_map(|s| s.1.filter(|pid| !not.contains(pid)))
+        }
+    })
+    .await
+}
+
+#[tokio::test]
+async fn taking_the_last_fresh_slot_starts_a_replacement_at_once_for_the_next_new_conversation() {
+    let redis = TestRedis::start();
+    let (queue, _) = test_queue(&redis, "topup", pool_queue_settings());
+    let dir = tempfile::tempdir().expect("tempdir");
+    let agent = agent_settings(dir.path());
+    let w = TestWorker::start_maintained_every(&queue, "topup", pool(2, 1), agent, NO_ROUNDS).await;
+    fresh_pids(&queue, &w.id, 2).await;
+    say(&queue, "c1", 0, "[[pid]] first").await;
+    let p1 = reported_pid(&nth_reply(&queue, "c1", 1).await.0);
+    say(&queue, "c2", 0, "[[pid]] second").await;
+    let p2 = reported_pid(&nth_reply(&queue, "c2", 1).await.0);
+    // c2 took the last fresh slot: c1's idle slot is restarted fresh.
+    let p3 = another_fresh_pid(&queue, &w.id, &[p1, p2]).await;
+    say(&queue, "c3", 0, "[[pid]] third").await;
+    let (reply, error) = nth_reply(&queue, "c3", 1).await;
+    assert!(error.is_none(), "{reply}");
+    assert_eq!(
+        reported_pid(&reply),
+        p3,
+        "the third conversation went to the pre-started replacement"
+    );
+    w.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_slot_freed_while_the_pool_is_short_of_fresh_ones_is_made_fresh_at_once() {
+    let redis = TestRedis::start();
+    let (queue, _) = test_queue(&redis, "topup-busy", pool_queue_settings());
+    let dir = tempfile::tempdir().expect("tempdir");
+    let agent = agent_settings(dir.path());
+    let w = TestWorker::start_maintained_every(&queue, "topup-busy", pool(2, 2), agent, NO_ROUNDS)
+        .await;
+    let pids = fresh_pids(&queue, &w.id, 2).await;
+    // Both slots must stay fresh: when c1's turn ends, its slot is the only
+    // one to evict, and that happens then rather than at the next round.
+    say(&queue, "c1", 0, "[[pid]] hello").await;
+    nth_reply(&queue, "c1", 1).await;
+    another_fresh_pid(&queue, &w.id, &pids).await;
+    assert_eq!(fresh_pids(&queue, &w.id, 2).await.len(), 2);
+    w.shutdown().await;
 }
 
 #[tokio::test]

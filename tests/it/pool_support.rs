@@ -4,7 +4,7 @@ use std::time::Duration;
 
 use switchboard::agent::{self, AgentSettings};
 use switchboard::domain::ConversationId;
-use switchboard::pool::{PoolSettings, Worker, WorkerSettings};
+use switchboard::pool::{MAINTENANCE_INTERVAL, PoolSettings, Worker, WorkerSettings};
 use switchboard::queue::{OutboxKind, Queue, QueueSettings, WorkerId};
 use tokio_util::sync::CancellationToken;
 
@@ -71,6 +71,17 @@ impl TestWorker {
         pool: PoolSettings,
         agent: AgentSettings,
     ) -> Self {
+        Self::start_maintained_every(queue, name, pool, agent, MAINTENANCE_INTERVAL).await
+    }
+
+    /// `start` with maintenance rounds `interval` apart.
+    pub async fn start_maintained_every(
+        queue: &Queue,
+        name: &str,
+        pool: PoolSettings,
+        agent: AgentSettings,
+        interval: Duration,
+    ) -> Self {
         init_test_logging();
         let id = worker(name);
         let settings = WorkerSettings {
@@ -80,6 +91,7 @@ impl TestWorker {
             blocking_read: Duration::from_millis(500),
             max_wait: None,
             alive_file: None,
+            maintenance_interval: interval,
         };
         let launcher = agent::launcher(&agent).expect("launcher");
         let w = Worker::new(id.clone(), queue.clone(), launcher, settings).expect("worker");

@@ -153,6 +153,7 @@ async fn partitioned_turn(ctx: &WorkerCtx, claim: &Claim, start: Instant, rng: &
         owner: None,
         cost_usd: 0.0,
         final_seq: 1_000,
+        session: None,
     };
     // Usually fenced; accepted only if nobody reclaimed it in the meantime.
     let fenced = match ctx.queue.commit(&claim.lease, &commit).await {
@@ -195,6 +196,7 @@ async fn normal_turn(
         owner,
         cost_usd: 0.01,
         final_seq: 1_000,
+        session: None,
     };
     let _ = ctx.queue.commit(&claim.lease, &commit).await;
 }

@@ -88,6 +88,7 @@ pub fn reply(text: &str) -> Commit {
         owner: None,
         cost_usd: 0.0,
         final_seq: 1_000,
+        session: None,
     }
 }
 

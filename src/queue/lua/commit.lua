@@ -2,16 +2,21 @@
 -- counters bumped, the lease released, the next batch scheduled.
 -- KEYS: 1 conv, 2 inbox, 3 leases, 4 holders, 5 ready, 6 affine, 7 workers, 8 wake, 9 outbox, 10 session
 -- ARGV: 1 cid, 2 epoch, 3 owner worker ('' to clear), 4 owner slot, 5 owner gen,
---       6 cost usd, 7 idle ttl ms, 8 final seq, 9.. reply parts
+--       6 cost usd, 7 idle ttl ms, 8 final seq, 9 session id ('' to keep the
+--       stored session), 10 its transcript, 11.. reply parts
 -- Returns {'ok', owner_to_wake} or {'fenced'}.
 local conv, inbox, leases = KEYS[1], KEYS[2], KEYS[3]
 local cid = ARGV[1]
 local now = now_ms()
 if not holds_lease(conv, leases, cid, ARGV[2], now) then return {'fenced'} end
+if ARGV[9] ~= '' then
+  redis.call('HSET', conv, 'session_id', ARGV[9])
+  redis.call('SET', KEYS[10], ARGV[10], 'PX', ARGV[7])
+end
 local batch_end = redis.call('HGET', conv, 'batch_end')
 local acks = batch_acks(inbox, batch_end)
-for i = 9, #ARGV do
-  local part = i - 9
+for i = 11, #ARGV do
+  local part = i - 11
   redis.call('XADD', KEYS[9], '*', 'kind', 'final', 'cid', cid,
     'reply_id', cid .. '/' .. batch_end .. '/' .. part, 'part', part,
     'seq', ARGV[8], 'text', ARGV[i], 'acks', acks, 'at_ms', now)
