@@ -112,6 +112,18 @@ fn build_worker_image() -> Result<String, String> {
             String::from_utf8_lossy(&out.stderr)
         ));
     }
+    // Images of earlier builds (other binaries) are not needed any more;
+    // one still in use by a running test stays (rmi refuses).
+    let older = docker(&[
+        "images",
+        "--format",
+        "{{.Repository}}:{{.Tag}}",
+        "switchboard-worker-test",
+    ])
+    .unwrap_or_default();
+    for old in older.lines().filter(|t| *t != tag) {
+        let _ = docker(&["rmi", old]);
+    }
     Ok(tag)
 }
 
