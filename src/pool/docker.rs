@@ -201,15 +201,22 @@ impl Manager {
         let settings = self.parts.settings.clone();
         let renew_every = settings.leader_ttl / 3;
         let mut last_renew: Option<Instant> = None;
+        // What was last published, and when: published again on a change,
+        // or with the lease renewal so it does not lapse.
+        let mut published: Option<PoolShape> = None;
         loop {
-            if last_renew.is_none_or(|t| t.elapsed() >= renew_every) {
+            let renewing = last_renew.is_none_or(|t| t.elapsed() >= renew_every);
+            if renewing {
                 self.renew_lease().await;
                 last_renew = Some(Instant::now());
             }
             if self.leading {
                 let shape = *self.shape.borrow_and_update();
-                if let Err(e) = self.parts.queue.set_pool_shape(shape, SHAPE_TTL).await {
-                    tracing::warn!(error = %e, "cannot publish the pool's shape");
+                if renewing || published != Some(shape) {
+                    match self.parts.queue.set_pool_shape(shape, SHAPE_TTL).await {
+                        Ok(()) => published = Some(shape),
+                        Err(e) => tracing::warn!(error = %e, "cannot publish the pool's shape"),
+                    }
                 }
                 if let Err(e) = self.reconcile(shape.containers).await {
                     tracing::warn!(error = %e, "could not bring the pool to its size; retrying");
