@@ -11,7 +11,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use crate::domain::{ConversationId, Destination};
 use crate::ingress::slack::Candidate;
-use crate::queue::{Bucket, Queue, QueueError};
+use crate::queue::{AdmitLimits, Admitted, Bucket, Queue, QueueError, ScriptBucket};
 
 pub use policy::{Refusal, Sender, email_sender_allowed};
 pub use settings::{AdmissionSettings, WorkspacePolicy};
@@ -30,6 +30,27 @@ pub struct Admission {
     queue: Queue,
     settings: Arc<RwLock<Arc<AdmissionSettings>>>,
     clock: Clock,
+}
+
+/// Admission's part of a one-script admit and enqueue: the limits, and the
+/// refusal each one stands for.
+#[derive(Debug, Clone, Default)]
+pub struct ScriptCheck {
+    pub limits: AdmitLimits,
+    rate_refusals: Vec<Refusal>,
+    budget_refusals: Vec<Refusal>,
+}
+
+impl ScriptCheck {
+    /// The refusal `admitted` stands for, if any.
+    pub fn refusal(&self, admitted: &Admitted) -> Option<Refusal> {
+        match admitted {
+            Admitted::Enqueued(_) => None,
+            Admitted::RateShort(i) => self.rate_refusals.get(*i).copied(),
+            Admitted::Busy => Some(Refusal::Busy),
+            Admitted::OverBudget(i) => self.budget_refusals.get(*i).copied(),
+        }
+    }
 }
 
 impl Admission {
@@ -126,6 +147,73 @@ impl Admission {
             .await
     }
 
+    /// The limits to check inside the enqueue script, with the refusal each
+    /// one means, when `candidate` can take that path (see
+    /// [`Queue::admit_and_enqueue`]): not for a message the policy refuses
+    /// (it must first be found ours and not a duplicate), a bot's message
+    /// (its loop counter is a step of its own), or a conversation in
+    /// another shard than the limits.
+    pub fn script_check(&self, candidate: &Candidate) -> Option<ScriptCheck> {
+        let Destination::Slack { team, channel, .. } = &candidate.destination else {
+            return None;
+        };
+        if candidate.from_bot
+            || !self
+                .queue
+                .admits_in_one_script(&candidate.message.conversation)
+        {
+            return None;
+        }
+        let settings = self.settings();
+        let user = &candidate.message.sender;
+        let sender = Sender {
+            team,
+            channel,
+            user,
+            external: candidate.external,
+            bot: candidate.from_bot,
+        };
+        policy::check(&settings, &sender).ok()?;
+        let mut check = ScriptCheck::default();
+        let rates = [
+            (
+                settings.user_per_minute,
+                settings.user_burst,
+                format!("user:{team}:{user}"),
+                Refusal::UserRate,
+            ),
+            (
+                settings.channel_per_minute,
+                settings.channel_burst,
+                format!("channel:{team}:{channel}"),
+                Refusal::ChannelRate,
+            ),
+        ];
+        for (per_minute, burst, name, refusal) in rates {
+            if per_minute > 0.0 {
+                check.limits.buckets.push(ScriptBucket {
+                    name,
+                    rate: (per_minute / 60.0).to_string(),
+                    burst: burst.to_string(),
+                });
+                check.rate_refusals.push(refusal);
+            }
+        }
+        check.limits.max_waiting = settings.max_waiting;
+        let caps = daily_caps(team, channel, user, &settings);
+        let mut fields = Vec::new();
+        for (field, cap, refusal) in caps {
+            if cap > 0.0 {
+                fields.push((field, cap.to_string()));
+                check.budget_refusals.push(refusal);
+            }
+        }
+        if !fields.is_empty() {
+            check.limits.budget = Some((day(self.now()), fields));
+        }
+        Some(check)
+    }
+
     /// Count a bot-authored message; true past the loop limit.
     async fn bot_loop(
         &self,
@@ -154,23 +242,7 @@ impl Admission {
         user: &str,
         settings: &AdmissionSettings,
     ) -> Result<Option<Refusal>, QueueError> {
-        let caps = [
-            (
-                format!("spend:user:{team}:{user}"),
-                settings.user_daily_usd,
-                Refusal::UserBudget,
-            ),
-            (
-                format!("spend:channel:{team}:{channel}"),
-                settings.channel_daily_usd,
-                Refusal::ChannelBudget,
-            ),
-            (
-                format!("spend:team:{team}"),
-                settings.workspace_daily_usd,
-                Refusal::WorkspaceBudget,
-            ),
-        ];
+        let caps = daily_caps(team, channel, user, settings);
         if caps.iter().all(|c| c.1 <= 0.0) {
             return Ok(None);
         }
@@ -265,6 +337,32 @@ impl Admission {
     fn now(&self) -> SystemTime {
         (self.clock)()
     }
+}
+
+/// The daily spend caps of a sender: (usage field, cap in USD, refusal).
+fn daily_caps(
+    team: &str,
+    channel: &str,
+    user: &str,
+    settings: &AdmissionSettings,
+) -> [(String, f64, Refusal); 3] {
+    [
+        (
+            format!("spend:user:{team}:{user}"),
+            settings.user_daily_usd,
+            Refusal::UserBudget,
+        ),
+        (
+            format!("spend:channel:{team}:{channel}"),
+            settings.channel_daily_usd,
+            Refusal::ChannelBudget,
+        ),
+        (
+            format!("spend:team:{team}"),
+            settings.workspace_daily_usd,
+            Refusal::WorkspaceBudget,
+        ),
+    ]
 }
 
 /// Charge a finished turn's cost to its user, channel and workspace for the

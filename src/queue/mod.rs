@@ -8,6 +8,7 @@
 //! machine and why each rule holds.
 
 mod admin;
+mod admit;
 mod depth;
 mod keys;
 mod lease;
@@ -26,6 +27,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use crate::domain::{ConversationId, Destination, InboundMessage};
 use crate::store::RedisPool;
 
+pub use admit::{AdmitLimits, Admitted, ScriptBucket};
 pub use depth::{DEPTH_EXPORT_INTERVAL, PoolSummary, QueueDepth, export_depth};
 pub use keys::{Keys, ShardKeys};
 pub use lease::LeaseKeeper;
@@ -154,8 +156,8 @@ impl Queue {
     }
 
     /// Queue one message for its conversation, deduplicated on its keys, and
-    /// schedule the conversation if it is idle. One round trip (two when the
-    /// conversation's owner worker must be woken). A Slack message is
+    /// schedule the conversation if it is idle (waking the worker that
+    /// should take it). One round trip. A Slack message is
     /// acknowledged (see [`Queue::enqueue_acknowledged`]).
     pub async fn enqueue(
         &self,
@@ -179,25 +181,7 @@ impl Queue {
     ) -> Result<Enqueued, QueueError> {
         let call = self.enqueue_call(message, destination, mode, acknowledge)?;
         let mut conn = self.conn().await?;
-        let reply: Vec<String> = call.invoke(&mut conn).await?;
-        match reply.first().map(String::as_str) {
-            Some("queued") if reply.len() == 5 => {
-                let position = reply[2].parse().unwrap_or(0);
-                if !reply[3].is_empty() {
-                    self.wake_worker(&mut conn, &message.conversation, &reply[3])
-                        .await?;
-                }
-                Ok(Enqueued::Queued {
-                    id: reply[1].clone(),
-                    position,
-                    ahead: reply[4].parse().ok(),
-                })
-            }
-            Some("duplicate") => Ok(Enqueued::Duplicate),
-            Some("overflow") => Ok(Enqueued::Overflow),
-            Some("no_conversation") => Ok(Enqueued::NoConversation),
-            _ => Err(protocol("enqueue", format!("{reply:?}"))),
-        }
+        enqueued(call.invoke(&mut conn).await?)
     }
 
     /// Whether a conversation record exists (e.g. a Slack thread the bot is in).
@@ -349,6 +333,22 @@ fn parse_claim(
         destination: serde_json::from_str(&reply[8]).ok(),
         messages,
     })
+}
+
+/// What enqueue.lua answered.
+fn enqueued(reply: Vec<String>) -> Result<Enqueued, QueueError> {
+    match reply.first().map(String::as_str) {
+        // The script woke the owner it routed the conversation to.
+        Some("queued") if reply.len() == 5 => Ok(Enqueued::Queued {
+            position: reply[2].parse().unwrap_or(0),
+            ahead: reply[4].parse().ok(),
+            id: reply[1].clone(),
+        }),
+        Some("duplicate") => Ok(Enqueued::Duplicate),
+        Some("overflow") => Ok(Enqueued::Overflow),
+        Some("no_conversation") => Ok(Enqueued::NoConversation),
+        _ => Err(protocol("enqueue", format!("{reply:?}"))),
+    }
 }
 
 #[cfg(test)]

@@ -17,6 +17,8 @@ macro_rules! script {
 /// The loaded scripts (each sent once, then called by SHA).
 pub struct Scripts {
     pub enqueue: Script,
+    /// admission, then enqueue (see admit.lua).
+    pub admit: Script,
     pub pop: Script,
     pub claim: Script,
     pub renew: Script,
@@ -39,6 +41,11 @@ impl Scripts {
     pub fn load() -> Self {
         Self {
             enqueue: script!("enqueue.lua"),
+            admit: Script::new(concat!(
+                include_str!("lua/prelude.lua"),
+                include_str!("lua/admit.lua"),
+                include_str!("lua/enqueue.lua")
+            )),
             pop: script!("pop.lua"),
             claim: script!("claim.lua"),
             renew: script!("renew.lua"),
@@ -85,18 +92,30 @@ impl<'a> ScriptCall<'a> {
         self
     }
 
-    /// Run it on `conn`.
+    /// Run it on `conn`: `EVALSHA` built straight from the keys and
+    /// arguments; when Redis does not have the script yet (a restart, a new
+    /// server), the script is loaded and the call made again.
     pub async fn invoke<T: redis::FromRedisValue>(
         &self,
         conn: &mut crate::store::Connection,
     ) -> redis::RedisResult<T> {
-        let mut invocation = self.script.prepare_invoke();
-        for key in &self.keys {
-            invocation.key(key);
+        let mut cmd = redis::cmd("EVALSHA");
+        cmd.arg(self.script.get_hash())
+            .arg(self.keys.len())
+            .arg(&self.keys)
+            .arg(&self.args);
+        match cmd.query_async(&mut **conn).await {
+            Err(e) if e.kind() == redis::ErrorKind::Server(redis::ServerErrorKind::NoScript) => {
+                let mut invocation = self.script.prepare_invoke();
+                for key in &self.keys {
+                    invocation.key(key);
+                }
+                for arg in &self.args {
+                    invocation.arg(arg.as_slice());
+                }
+                invocation.invoke_async(&mut **conn).await
+            }
+            other => other,
         }
-        for arg in &self.args {
-            invocation.arg(arg.as_slice());
-        }
-        invocation.invoke_async(&mut **conn).await
     }
 }

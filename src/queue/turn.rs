@@ -137,13 +137,8 @@ impl Queue {
         let mut conn = self.conn().await?;
         let reply: Vec<String> = self.commit_call(lease, commit).invoke(&mut conn).await?;
         match reply.first().map(String::as_str) {
-            Some("ok") => {
-                if let Some(owner) = reply.get(1).filter(|o| !o.is_empty()) {
-                    self.wake_worker(&mut conn, &lease.conversation, owner)
-                        .await?;
-                }
-                Ok(())
-            }
+            // The script woke the owner it routed a next batch to.
+            Some("ok") => Ok(()),
             Some("fenced") => Err(self.fenced(lease)),
             _ => Err(super::protocol("commit", format!("{reply:?}"))),
         }

@@ -109,28 +109,6 @@ impl Queue {
         Ok(())
     }
 
-    /// Wake the worker a conversation was routed to (after the script that
-    /// routed it). A lost wake-up costs latency, not work: the worker also
-    /// polls every `redis.blocking_read`.
-    pub(crate) async fn wake_worker(
-        &self,
-        conn: &mut crate::store::Connection,
-        cid: &ConversationId,
-        worker: &str,
-    ) -> Result<(), QueueError> {
-        let key = self.keys().for_conversation(cid).wake_worker(worker);
-        redis::pipe()
-            .rpush(&key, "1")
-            .ignore()
-            .ltrim(&key, -1000, -1)
-            .ignore()
-            .expire(&key, 3600)
-            .ignore()
-            .query_async::<()>(&mut **conn)
-            .await?;
-        Ok(())
-    }
-
     pub(crate) async fn reap_worker(
         &self,
         k: &ShardKeys,

@@ -392,3 +392,138 @@ async fn admission_settings_reload_without_a_restart() {
     app.stop().await;
     world.stop().await;
 }
+
+/// An intake with admission on `shards` queue shards, straight on a real
+/// Redis (no worker: what is queued stays queued).
+fn intake_on(
+    redis: &TestRedis,
+    test: &str,
+    shards: u16,
+    tweak: impl FnOnce(&mut switchboard::admission::AdmissionSettings),
+) -> (
+    switchboard::ingress::slack::SlackIntake,
+    switchboard::queue::Queue,
+) {
+    let settings = switchboard::queue::QueueSettings {
+        shards,
+        ..switchboard::queue::QueueSettings::default()
+    };
+    let (queue, _) = crate::queue_support::test_queue(redis, test, settings);
+    let mut admission = switchboard::admission::AdmissionSettings {
+        refusal_replies: false,
+        ..Default::default()
+    };
+    tweak(&mut admission);
+    let intake = switchboard::ingress::slack::SlackIntake::new(
+        queue.clone(),
+        switchboard::ingress::slack::SlackIngressSettings::default(),
+    )
+    .with_admission(switchboard::admission::Admission::new(
+        queue.clone(),
+        admission,
+        switchboard::admission::system_clock(),
+    ));
+    (intake, queue)
+}
+
+async fn accept(
+    intake: &switchboard::ingress::slack::SlackIntake,
+    channel: &str,
+    ts: &str,
+) -> switchboard::ingress::slack::IntakeOutcome {
+    let body = callback(
+        &format!("Ev{channel}{ts}"),
+        app_mention(channel, ts, None, "hi"),
+    );
+    intake
+        .accept_body(&serde_json::to_vec(&body).expect("json"))
+        .await
+        .expect("accepted")
+}
+
+/// With several shards, a conversation outside the shard that holds the
+/// rate buckets is admitted step by step, one in it in the same script as
+/// its enqueue: both take from the same user's bucket.
+#[tokio::test]
+async fn rate_limits_hold_across_conversations_in_different_shards() {
+    use switchboard::admission::Refusal;
+    use switchboard::domain::ConversationId;
+    use switchboard::ingress::slack::IntakeOutcome;
+    let redis = TestRedis::start();
+    let (intake, queue) = intake_on(&redis, "adm-shards", 4, |a| {
+        a.user_per_minute = 2.0;
+        a.user_burst = 2.0;
+    });
+    let ts = "1700000000.000100";
+    let shard = |c: &str| queue.keys().shard_of(&ConversationId::slack(TEAM, c, ts));
+    let channels: Vec<String> = (0..64).map(|i| format!("C{i}")).collect();
+    let in_zero = channels
+        .iter()
+        .find(|c| shard(c) == 0)
+        .expect("a channel in shard 0");
+    let elsewhere: Vec<&String> = channels.iter().filter(|c| shard(c) != 0).take(2).collect();
+    assert!(queue.admits_in_one_script(&ConversationId::slack(TEAM, in_zero, ts)));
+    assert!(!queue.admits_in_one_script(&ConversationId::slack(TEAM, elsewhere[0], ts)));
+
+    assert_eq!(
+        accept(&intake, elsewhere[0], ts).await,
+        IntakeOutcome::Queued
+    );
+    // A retry of a queued message is no new request: no token taken.
+    assert_eq!(
+        accept(&intake, elsewhere[0], ts).await,
+        IntakeOutcome::Duplicate
+    );
+    assert_eq!(accept(&intake, in_zero, ts).await, IntakeOutcome::Queued);
+    assert_eq!(accept(&intake, in_zero, ts).await, IntakeOutcome::Duplicate);
+    assert_eq!(
+        accept(&intake, elsewhere[1], ts).await,
+        IntakeOutcome::Refused(Refusal::UserRate)
+    );
+    let third_in_zero = channels
+        .iter()
+        .filter(|c| shard(c) == 0)
+        .nth(1)
+        .expect("a second channel in shard 0");
+    assert_eq!(
+        accept(&intake, third_in_zero, ts).await,
+        IntakeOutcome::Refused(Refusal::UserRate)
+    );
+    // Refused messages were not queued.
+    for c in [elsewhere[1], third_in_zero] {
+        let cid = ConversationId::slack(TEAM, c, ts);
+        assert!(!queue.conversation_exists(&cid).await.expect("redis"));
+    }
+}
+
+/// With every slot taken (no worker here), conversations wait in the ready
+/// queue; past `max_waiting` a new one is refused as busy, and not queued,
+/// while a follow-up to a waiting one is still taken.
+#[tokio::test]
+async fn past_max_waiting_a_new_conversation_is_refused_as_busy() {
+    use switchboard::admission::Refusal;
+    use switchboard::domain::ConversationId;
+    use switchboard::ingress::slack::IntakeOutcome;
+    let redis = TestRedis::start();
+    let (intake, queue) = intake_on(&redis, "adm-busy", 1, |a| a.max_waiting = 2);
+    let ts = "1700000000.000100";
+    assert_eq!(accept(&intake, "C1", ts).await, IntakeOutcome::Queued);
+    assert_eq!(accept(&intake, "C2", ts).await, IntakeOutcome::Queued);
+    assert_eq!(
+        accept(&intake, "C3", ts).await,
+        IntakeOutcome::Refused(Refusal::Busy)
+    );
+    let c3 = ConversationId::slack(TEAM, "C3", ts);
+    assert!(!queue.conversation_exists(&c3).await.expect("redis"));
+    // Once one of them is taken, there is room again.
+    let worker = switchboard::queue::WorkerId::new("w1").expect("worker id");
+    queue.heartbeat(&worker).await.expect("heartbeat");
+    assert!(matches!(
+        queue.claim(&worker, 0).await.expect("claim"),
+        switchboard::queue::ClaimOutcome::Claimed(_)
+    ));
+    assert_eq!(
+        accept(&intake, "C3", "1700000000.000200").await,
+        IntakeOutcome::Queued
+    );
+}

@@ -7,7 +7,7 @@ use std::sync::Arc;
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use crate::admission::{Admission, Refusal};
-use crate::queue::{EnqueueMode, Enqueued, Queue};
+use crate::queue::{Admitted, EnqueueMode, Enqueued, Queue};
 
 use super::{
     Candidate, Decision, EventError, IgnoreReason, SlackIngressSettings, decide, decide_value,
@@ -138,6 +138,35 @@ impl SlackIntake {
 
     async fn admit_and_enqueue(&self, candidate: Candidate) -> Result<IntakeOutcome, IntakeError> {
         let unavailable = |e: crate::queue::QueueError| IntakeError::Unavailable(e.to_string());
+        if let Some(admission) = &self.admission
+            && let Some(check) = admission.script_check(&candidate)
+        {
+            // The common case: admission and enqueue in one round trip.
+            let admitted = self
+                .queue
+                .admit_and_enqueue(
+                    &candidate.message,
+                    &candidate.destination,
+                    self.mode(&candidate),
+                    self.acknowledge,
+                    &check.limits,
+                )
+                .await
+                .map_err(unavailable)?;
+            if let Some(refusal) = check.refusal(&admitted) {
+                admission
+                    .refuse(&candidate, refusal)
+                    .await
+                    .map_err(unavailable)?;
+                return Ok(IntakeOutcome::Refused(refusal));
+            }
+            let Admitted::Enqueued(enqueued) = admitted else {
+                return Err(IntakeError::Unavailable(format!(
+                    "admission answered {admitted:?} without a refusal"
+                )));
+            };
+            return Ok(self.after_enqueue(&candidate, enqueued).await);
+        }
         if let Some(admission) = &self.admission {
             // A retry of a message already queued is not a new request.
             let (seen, waiting) = self
@@ -169,51 +198,49 @@ impl SlackIntake {
                 return Ok(IntakeOutcome::Refused(refusal));
             }
         }
-        let (outcome, ahead) = self.enqueue_checked(&candidate).await?;
-        if outcome == IntakeOutcome::Queued
-            && let Some(admission) = &self.admission
-            && let Err(e) = admission.tell_position(&candidate, ahead).await
-        {
-            // The message is queued; only the courtesy notice is lost.
-            tracing::warn!(error = %e, "could not tell the sender their place in line");
-        }
-        Ok(outcome)
-    }
-
-    /// Enqueue; with the number of conversations ahead of it in the ready
-    /// queue when it was queued there.
-    async fn enqueue_checked(
-        &self,
-        candidate: &Candidate,
-    ) -> Result<(IntakeOutcome, Option<u64>), IntakeError> {
-        let mode = if candidate.needs_existing_conversation {
-            EnqueueMode::ExistingOnly
-        } else {
-            EnqueueMode::CreateOrAppend
-        };
-        let result = self
+        let enqueued = self
             .queue
             .enqueue_acknowledged(
                 &candidate.message,
                 &candidate.destination,
-                mode,
+                self.mode(&candidate),
                 self.acknowledge,
             )
             .await
-            .map_err(|e| IntakeError::Unavailable(e.to_string()))?;
-        Ok(match result {
+            .map_err(unavailable)?;
+        Ok(self.after_enqueue(&candidate, enqueued).await)
+    }
+
+    fn mode(&self, candidate: &Candidate) -> EnqueueMode {
+        if candidate.needs_existing_conversation {
+            EnqueueMode::ExistingOnly
+        } else {
+            EnqueueMode::CreateOrAppend
+        }
+    }
+
+    /// The outcome of an enqueue; a queued message's sender is told their
+    /// place in line when conversations wait before theirs.
+    async fn after_enqueue(&self, candidate: &Candidate, enqueued: Enqueued) -> IntakeOutcome {
+        match enqueued {
             Enqueued::Queued { ahead, .. } => {
                 tracing::info!(
                     conversation = %candidate.message.conversation,
                     kind = candidate.kind.as_str(),
                     "slack message queued"
                 );
-                (IntakeOutcome::Queued, ahead)
+                if let Some(admission) = &self.admission
+                    && let Err(e) = admission.tell_position(candidate, ahead).await
+                {
+                    // The message is queued; only the courtesy notice is lost.
+                    tracing::warn!(error = %e, "could not tell the sender their place in line");
+                }
+                IntakeOutcome::Queued
             }
-            Enqueued::Duplicate => (IntakeOutcome::Duplicate, None),
-            Enqueued::Overflow => (IntakeOutcome::Overflow, None),
-            Enqueued::NoConversation => (IntakeOutcome::NotInConversation, None),
-        })
+            Enqueued::Duplicate => IntakeOutcome::Duplicate,
+            Enqueued::Overflow => IntakeOutcome::Overflow,
+            Enqueued::NoConversation => IntakeOutcome::NotInConversation,
+        }
     }
 }
 

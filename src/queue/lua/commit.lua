@@ -4,7 +4,7 @@
 -- ARGV: 1 cid, 2 epoch, 3 owner worker ('' to clear), 4 owner slot, 5 owner gen,
 --       6 cost usd, 7 idle ttl ms, 8 final seq, 9 session id ('' to keep the
 --       stored session), 10 its transcript, 11.. reply parts
--- Returns {'ok', owner_to_wake} or {'fenced'}.
+-- Returns {'ok', owner} (the worker a next batch was routed to and woken, or '') or {'fenced'}.
 local conv, inbox, leases = KEYS[1], KEYS[2], KEYS[3]
 local cid = ARGV[1]
 local now = now_ms()

@@ -2,18 +2,21 @@
 -- KEYS: 1 conv, 2 inbox, 3 ready, 4 affine, 5 workers, 6 wake, 7 outbox, 8 dead, 9.. seen keys
 -- ARGV: 1 cid, 2 message json, 3 destination json, 4 inbox cap, 5 idle ttl ms,
 --       6 dedupe ttl s, 7 overflow reply text, 8 existing only ('1': follow-ups),
---       9 source id to acknowledge ('' for none): egress shows the user it was seen
+--       9 source id to acknowledge ('' for none): egress shows the user it was seen,
+--       10 number of seen keys (optional: all KEYS after the 8th; admit.lua
+--       puts more keys after them)
 -- Returns {'queued', id, position, owner, ahead} | {'duplicate'} | {'overflow'} | {'no_conversation'}
 --   (ahead: conversations before it in the shared ready queue, '' when not in it)
 local conv, inbox, outbox, dead = KEYS[1], KEYS[2], KEYS[7], KEYS[8]
 local cid = ARGV[1]
 local now = now_ms()
-for i = 9, #KEYS do
+local last_seen = 8 + (tonumber(ARGV[10]) or (#KEYS - 8))
+for i = 9, last_seen do
   if redis.call('EXISTS', KEYS[i]) == 1 then return {'duplicate'} end
 end
 local exists = redis.call('EXISTS', conv) == 1
 if ARGV[8] == '1' and not exists then return {'no_conversation'} end
-for i = 9, #KEYS do redis.call('SET', KEYS[i], '1', 'EX', ARGV[6]) end
+for i = 9, last_seen do redis.call('SET', KEYS[i], '1', 'EX', ARGV[6]) end
 if not exists then
   redis.call('HSET', conv, 'cid', cid, 'state', 'idle', 'epoch', 0, 'created_ms', now)
 end

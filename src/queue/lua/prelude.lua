@@ -14,8 +14,11 @@ local function holds_lease(conv, leases, cid, epoch, now)
 end
 
 -- Put a conversation with waiting work in a ready queue: its owner's
--- (affinity) while the owner's heartbeat is live, else the shared one.
--- Returns the owner's name when routed to it (the caller wakes it), or ''.
+-- (affinity) while the owner's heartbeat is live, else the shared one, and
+-- wake who should take it. Returns the owner's name when routed to it, or ''.
+-- The owner's wake list (`<wake>:w:<owner>`, see `ShardKeys::wake_worker`)
+-- is named here rather than in KEYS: the caller cannot know the owner, and
+-- the key shares the shard's hash tag, so it is in the same slot.
 local function schedule(conv, ready, affine, workers, wake, cid, now)
   local owner = redis.call('HGET', conv, 'owner_worker')
   if owner then
@@ -24,6 +27,10 @@ local function schedule(conv, ready, affine, workers, wake, cid, now)
       local member = owner .. '|' .. string.format('%015d', now) .. '|' .. cid
       redis.call('ZADD', affine, 0, member)
       redis.call('HSET', conv, 'state', 'scheduled', 'scheduled_ms', now)
+      local own_wake = wake .. ':w:' .. owner
+      redis.call('RPUSH', own_wake, '1')
+      redis.call('LTRIM', own_wake, -1000, -1)
+      redis.call('EXPIRE', own_wake, 3600)
       return owner
     end
   end
@@ -82,4 +89,33 @@ local function after_turn(conv, inbox, ready, affine, workers, wake, cid, now)
   end
   redis.call('HSET', conv, 'state', 'idle')
   return ''
+end
+
+-- Token buckets shared by every process: take `wanted` tokens from each of
+-- KEYS[first .. first + n - 1] in order, each refilling at its rate per
+-- second up to its burst (ARGV[argi], ARGV[argi + 1], then the next pair),
+-- leaving `reserve` tokens behind. The first bucket short stops the rest
+-- (those after it are not touched). Returns 0, 0 when all were granted, else
+-- i, ms to wait for the first bucket i (from 1) that was short.
+local function take_tokens(first, n, wanted, reserve, argi)
+  local now = now_ms()
+  local want = wanted + reserve
+  for i = 1, n do
+    local key = KEYS[first + i - 1]
+    local rate, burst = tonumber(ARGV[argi + 2 * i - 2]), tonumber(ARGV[argi + 2 * i - 1])
+    local state = redis.call('HMGET', key, 'tokens', 'at')
+    local tokens = tonumber(state[1]) or burst
+    local at = tonumber(state[2]) or now
+    tokens = math.min(burst, tokens + (now - at) * rate / 1000)
+    local wait = 0
+    if tokens >= want then
+      tokens = tokens - wanted
+    else
+      wait = math.ceil((want - tokens) * 1000 / rate)
+    end
+    redis.call('HSET', key, 'tokens', tostring(tokens), 'at', now)
+    redis.call('PEXPIRE', key, math.ceil(burst * 1000 / rate) + 60000)
+    if wait > 0 then return i, wait end
+  end
+  return 0, 0
 end

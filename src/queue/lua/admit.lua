@@ -1,0 +1,32 @@
+-- Admission, checked in the same script as the enqueue that follows it
+-- (admit = prelude + admit.lua + enqueue.lua), so that a Slack event costs
+-- one round trip: only when every key is in one slot (the buckets and the
+-- day's usage live in shard 0; one shard, the default, always qualifies).
+-- A retry of a queued message is a duplicate, not a new request, and a
+-- follow-up outside a known conversation is not ours: neither takes a token
+-- nor is refused. A refused message is not queued.
+-- KEYS: as enqueue.lua (1..8, then ARGV[10] seen keys), then ARGV[11]
+--       buckets, then the day's usage hash when ARGV[13] > 0
+-- ARGV: 1..9 as enqueue.lua, 10 seen keys, 11 buckets, 12 max conversations
+--       waiting in the shared ready queue, 13 budget caps, then per bucket:
+--       rate per second, burst; then per cap: usage field, cap in USD
+-- Returns what enqueue.lua returns, or {'refused', 'rate', i} (bucket i
+-- short), {'refused', 'busy'}, {'refused', 'budget', i} (cap i reached).
+do
+  local nseen, nbuckets, ncaps = tonumber(ARGV[10]), tonumber(ARGV[11]), tonumber(ARGV[13])
+  for i = 9, 8 + nseen do
+    if redis.call('EXISTS', KEYS[i]) == 1 then return {'duplicate'} end
+  end
+  if ARGV[8] == '1' and redis.call('EXISTS', KEYS[1]) == 0 then return {'no_conversation'} end
+  local short = take_tokens(9 + nseen, nbuckets, 1, 0, 14)
+  if short > 0 then return {'refused', 'rate', tostring(short)} end
+  if redis.call('ZCARD', KEYS[3]) >= tonumber(ARGV[12]) then return {'refused', 'busy'} end
+  if ncaps > 0 then
+    local usage = KEYS[9 + nseen + nbuckets]
+    local argi = 14 + 2 * nbuckets
+    for i = 1, ncaps do
+      local spent = tonumber(redis.call('HGET', usage, ARGV[argi + 2 * i - 2])) or 0
+      if spent >= tonumber(ARGV[argi + 2 * i - 1]) then return {'refused', 'budget', tostring(i)} end
+    end
+  end
+end
