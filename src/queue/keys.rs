@@ -10,14 +10,18 @@ use crate::domain::ConversationId;
 #[derive(Debug, Clone)]
 pub struct Keys {
     prefix: String,
+    /// Each shard's key prefix, `{prefix}:{s<shard>}`.
+    bases: Vec<String>,
     shards: u16,
 }
 
 impl Keys {
     pub fn new(prefix: &str, shards: u16) -> Self {
+        let shards = shards.max(1);
         Self {
             prefix: prefix.to_string(),
-            shards: shards.max(1),
+            bases: (0..shards).map(|n| format!("{prefix}:{{s{n}}}")).collect(),
+            shards,
         }
     }
 
@@ -34,7 +38,10 @@ impl Keys {
     pub fn shard(&self, n: u16) -> ShardKeys {
         ShardKeys {
             shard: n,
-            base: format!("{}:{{s{}}}", self.prefix, n),
+            base: match self.bases.get(usize::from(n)) {
+                Some(base) => base.clone(),
+                None => format!("{}:{{s{n}}}", self.prefix),
+            },
         }
     }
 
@@ -57,83 +64,95 @@ pub struct ShardKeys {
 }
 
 impl ShardKeys {
+    /// The shard's prefix followed by `parts` (cheaper than `format!`: keys
+    /// are built for every event).
+    fn join(&self, parts: &[&str]) -> String {
+        let len = self.base.len() + parts.iter().map(|p| p.len()).sum::<usize>();
+        let mut key = String::with_capacity(len);
+        key.push_str(&self.base);
+        for part in parts {
+            key.push_str(part);
+        }
+        key
+    }
+
     /// Hash: the conversation record (destination, state, epoch, owner, counters).
     pub fn conv(&self, cid: &ConversationId) -> String {
-        format!("{}:conv:{}", self.base, cid)
+        self.join(&[":conv:", cid.as_str()])
     }
     /// Stream: messages waiting for the conversation, in arrival order.
     pub fn inbox(&self, cid: &ConversationId) -> String {
-        format!("{}:inbox:{}", self.base, cid)
+        self.join(&[":inbox:", cid.as_str()])
     }
     /// String: the agent session's transcript, for resume anywhere.
     pub fn session(&self, cid: &ConversationId) -> String {
-        format!("{}:session:{}", self.base, cid)
+        self.join(&[":session:", cid.as_str()])
     }
     /// String with TTL: an inbound dedupe key was seen.
     pub fn seen(&self, dedupe_key: &str) -> String {
-        format!("{}:seen:{}", self.base, dedupe_key)
+        self.join(&[":seen:", dedupe_key])
     }
     /// Sorted set: conversations ready to run, by time scheduled.
     pub fn ready(&self) -> String {
-        format!("{}:ready", self.base)
+        self.join(&[":ready"])
     }
     /// Sorted set (lexical): `worker|time|cid` routed to their owner worker.
     pub fn affine(&self) -> String {
-        format!("{}:ready:affine", self.base)
+        self.join(&[":ready:affine"])
     }
     /// Sorted set: conversation -> lease deadline (ms, server time).
     pub fn leases(&self) -> String {
-        format!("{}:leases", self.base)
+        self.join(&[":leases"])
     }
     /// Hash: conversation -> the worker holding its lease.
     pub fn holders(&self) -> String {
-        format!("{}:holders", self.base)
+        self.join(&[":holders"])
     }
     /// Sorted set: worker -> heartbeat deadline (ms, server time).
     pub fn workers(&self) -> String {
-        format!("{}:workers", self.base)
+        self.join(&[":workers"])
     }
     /// Hash: worker -> its status JSON (slots), for `/admin/pool`.
     pub fn pool_status(&self) -> String {
-        format!("{}:pool", self.base)
+        self.join(&[":pool"])
     }
     /// List: wake-up tokens for idle workers (shared queue).
     pub fn wake(&self) -> String {
-        format!("{}:wake", self.base)
+        self.join(&[":wake"])
     }
     /// List: wake-up tokens for one worker (its affinity queue).
     pub fn wake_worker(&self, worker: &str) -> String {
-        format!("{}:wake:w:{}", self.base, worker)
+        self.join(&[":wake:w:", worker])
     }
     /// Stream + consumer group: replies and progress for egress.
     pub fn outbox(&self) -> String {
-        format!("{}:outbox", self.base)
+        self.join(&[":outbox"])
     }
     /// String with TTL: who leads `role` for this shard (e.g. egress).
     pub fn lead(&self, role: &str) -> String {
-        format!("{}:lead:{}", self.base, role)
+        self.join(&[":lead:", role])
     }
     /// String with TTL: the pool's wanted shape (containers, slots per
     /// container), kept by the gateway that manages the pool.
     pub fn pool_shape(&self) -> String {
-        format!("{}:pool:shape", self.base)
+        self.join(&[":pool:shape"])
     }
     /// Sorted set: gateway -> liveness deadline (ms), of gateways that manage
     /// the pool (so a stopping leader knows whether another takes over).
     pub fn pool_managers(&self) -> String {
-        format!("{}:pool:managers", self.base)
+        self.join(&[":pool:managers"])
     }
     /// Hash: what egress has sent for a reply part (Slack ts, seq, pending).
     pub fn reply_state(&self, reply_id: &str) -> String {
-        format!("{}:reply:{}", self.base, reply_id)
+        self.join(&[":reply:", reply_id])
     }
     /// List: replies for a `switchboard chat` session.
     pub fn console(&self, session: &str) -> String {
-        format!("{}:console:{}", self.base, session)
+        self.join(&[":console:", session])
     }
     /// Hash: a shared token bucket.
     pub fn bucket(&self, name: &str) -> String {
-        format!("{}:bucket:{}", self.base, name)
+        self.join(&[":bucket:", name])
     }
     /// The keys of notice.lua.
     pub fn notice_keys(&self, cid: &ConversationId) -> Vec<String> {
@@ -141,19 +160,19 @@ impl ShardKeys {
     }
     /// Hash: spend and turn counts of one UTC day (`YYYY-MM-DD`).
     pub fn usage(&self, day: &str) -> String {
-        format!("{}:usage:{}", self.base, day)
+        self.join(&[":usage:", day])
     }
     /// A small counter or flag with a TTL (loop guards, "told once" marks).
     pub fn mark(&self, name: &str) -> String {
-        format!("{}:mark:{}", self.base, name)
+        self.join(&[":mark:", name])
     }
     /// Stream: dead letters with their reason.
     pub fn dead(&self) -> String {
-        format!("{}:dead", self.base)
+        self.join(&[":dead"])
     }
     /// Hash: an IMAP mailbox's progress (`uidvalidity`, `last_uid`).
     pub fn email_mailbox(&self, mailbox: &str) -> String {
-        format!("{}:email:{}", self.base, mailbox)
+        self.join(&[":email:", mailbox])
     }
     /// Counter with TTL: replies queued for one email thread in one hour.
     pub fn email_rate(&self, mailbox: &str, thread: &str, hour: u64) -> String {

@@ -20,7 +20,7 @@
 
 use serde_json::Value;
 
-use super::payload::{Envelope, File, MessageEvent};
+use super::payload::{Envelope, EventKind, File, MessageEvent};
 use super::settings::{DmConversation, SlackIngressSettings};
 use crate::domain::{ConversationId, Destination, FileRef, InboundMessage};
 
@@ -165,7 +165,18 @@ pub fn decide_value(
     settings: &SlackIngressSettings,
     received_at_ms: u64,
 ) -> Result<Decision, EventError> {
-    decide_envelope(serde_json::from_value(body)?, settings, received_at_ms)
+    // The envelope keeps its event as raw JSON text, which only a parser of
+    // text can give: write the tree out again.
+    decide(&serde_json::to_vec(&body)?, settings, received_at_ms)
+}
+
+/// An event's `type`, when it is one we answer.
+fn message_type(kind: Option<&str>) -> Result<&'static str, IgnoreReason> {
+    match kind {
+        Some("app_mention") => Ok("app_mention"),
+        Some("message") => Ok("message"),
+        _ => Err(IgnoreReason::UnsupportedEvent),
+    }
 }
 
 fn decide_envelope(
@@ -196,14 +207,19 @@ fn candidate(
     {
         return Err(IgnoreReason::OtherApp);
     }
-    let event = envelope.event.take().ok_or(IgnoreReason::IncompleteEvent)?;
-    let event_type = match event.get("type").and_then(Value::as_str) {
-        Some("app_mention") => "app_mention",
-        Some("message") => "message",
-        _ => return Err(IgnoreReason::UnsupportedEvent),
+    let raw = envelope.event.take().ok_or(IgnoreReason::IncompleteEvent)?;
+    // One pass for the common case (a message); only an event that does not
+    // read as one is parsed again, for its type: another kind of event is
+    // not ours, a message that does not read is malformed.
+    let (event_type, event) = match serde_json::from_str::<MessageEvent>(raw.get()) {
+        Ok(event) => (message_type(event.kind.as_deref())?, event),
+        Err(_) => {
+            let kind = serde_json::from_str::<EventKind>(raw.get())
+                .map_err(|_| IgnoreReason::UnsupportedEvent)?;
+            message_type(kind.kind.as_deref())?;
+            return Err(IgnoreReason::MalformedEvent);
+        }
     };
-    let event: MessageEvent =
-        serde_json::from_value(event).map_err(|_| IgnoreReason::MalformedEvent)?;
 
     check_subtype(event.subtype.as_deref())?;
     let own = OwnBot::new(settings, &envelope);

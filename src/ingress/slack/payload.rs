@@ -28,10 +28,17 @@ pub(super) struct Envelope {
     pub event_id: Option<String>,
     /// Read according to its `type`; other types' shapes vary too much.
     #[serde(default)]
-    pub event: Option<serde_json::Value>,
+    pub event: Option<Box<serde_json::value::RawValue>>,
     /// Who the event is delivered to: includes this app's bot user.
     #[serde(default)]
     pub authorizations: Option<Vec<Authorization>>,
+}
+
+/// Just an event's `type`.
+#[derive(Debug, Deserialize)]
+pub(super) struct EventKind {
+    #[serde(default, rename = "type")]
+    pub kind: Option<String>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -45,6 +52,9 @@ pub(super) struct Authorization {
 /// A `message` or `app_mention` event.
 #[derive(Debug, Default, Deserialize)]
 pub(super) struct MessageEvent {
+    /// `message` or `app_mention` (other types are not read as this).
+    #[serde(default, rename = "type")]
+    pub kind: Option<String>,
     #[serde(default)]
     pub subtype: Option<String>,
     #[serde(default)]
