@@ -25,6 +25,7 @@ fn channel(tag: &str, round: usize, lane: usize, k: usize, turns: usize) -> Stri
 async fn gateway_round(
     ctx: &Ctx,
     signer: &Arc<Signer>,
+    (url, tag): (&str, &'static str),
     round: usize,
     per_lane: usize,
 ) -> (usize, f64) {
@@ -34,7 +35,7 @@ async fn gateway_round(
         .map(|lane| {
             let (http, url, stub, signer) = (
                 ctx.http.clone(),
-                ctx.main.events_url(),
+                url.to_string(),
                 ctx.stub.clone(),
                 signer.clone(),
             );
@@ -45,7 +46,7 @@ async fn gateway_round(
                     if Instant::now() > deadline {
                         break;
                     }
-                    let event = signer.dm(&channel("e", round, lane, k, turns), "");
+                    let event = signer.dm(&channel(tag, round, lane, k, turns), "");
                     let reply = stub.wait_reply(event.n);
                     if post(&http, &url, &event).await != 200 {
                         continue;
@@ -124,43 +125,73 @@ pub async fn e2e(ctx: &Ctx) -> anyhow::Result<PhaseOut> {
     for i in 0..ctx.opts.lanes() {
         lanes.push(Lane::start(&ctx.bins, &dir, i, &redis.url, &ctx.stub.base_url()).await?);
     }
+    // The pipeline's one Slack call per message against the same work in
+    // Switchboard: no acknowledgement reaction (as deployed, egress adds one
+    // to each message and removes it with the reply, two more calls).
+    let plain = ctx
+        .stack(StackSpec {
+            ack_reaction: String::new(),
+            ..StackSpec::serve("e2e-plain", ctx.opts.slots, ctx.opts.min_fresh)
+        })
+        .await?;
+    let (main_url, plain_url) = (ctx.main.events_url(), plain.events_url());
     let per_lane = ctx.opts.n_e2e / ctx.opts.rounds / ctx.opts.lanes();
-    let (mut gw, mut rf, mut raw) = (Vec::new(), Vec::new(), Vec::new());
+    let (mut gw, mut plain_rates, mut rf, mut raw) =
+        (Vec::new(), Vec::new(), Vec::new(), Vec::new());
     for r in 0..ctx.opts.rounds {
-        let order = if r % 2 == 0 {
-            [true, false]
-        } else {
-            [false, true]
-        };
-        for is_gw in order {
-            if is_gw {
-                let (done, rate) = gateway_round(ctx, &signer, r, per_lane).await;
-                log!("  round {r} gateway : {done} replies, {rate:.0}/s");
-                gw.push(rate);
-                raw.push(json!({"round": r, "target": "gateway", "done": done, "per_s": rate}));
-            } else {
-                let (back, done, rate) = pipeline_round(ctx, lanes, r, per_lane).await;
-                lanes = back;
-                log!("  round {r} pipeline: {done} replies, {rate:.0}/s");
-                rf.push(rate);
-                raw.push(json!({"round": r, "target": "pipeline", "done": done, "per_s": rate}));
+        // Rotate who goes first, so drift over time hits all alike.
+        for i in 0..3 {
+            match (r + i) % 3 {
+                0 => {
+                    let (done, rate) =
+                        gateway_round(ctx, &signer, (&main_url, "e"), r, per_lane).await;
+                    log!("  round {r} serve   : {done} replies, {rate:.0}/s");
+                    gw.push(rate);
+                    raw.push(json!({"round": r, "target": "serve", "done": done, "per_s": rate}));
+                }
+                1 => {
+                    let (done, rate) =
+                        gateway_round(ctx, &signer, (&plain_url, "n"), r, per_lane).await;
+                    log!("  round {r} plain   : {done} replies, {rate:.0}/s");
+                    plain_rates.push(rate);
+                    raw.push(json!({"round": r, "target": "serve-no-reaction", "done": done, "per_s": rate}));
+                }
+                _ => {
+                    let (back, done, rate) = pipeline_round(ctx, lanes, r, per_lane).await;
+                    lanes = back;
+                    log!("  round {r} pipeline: {done} replies, {rate:.0}/s");
+                    rf.push(rate);
+                    raw.push(
+                        json!({"round": r, "target": "pipeline", "done": done, "per_s": rate}),
+                    );
+                }
             }
         }
     }
     drop(lanes);
+    plain.stop();
+    let plain_ratio = ratio_median(&plain_rates, &rf);
     let ratio = ratio_median(&gw, &rf);
     let rows = vec![
         Row::new(
             "6",
             &format!(
-                "e2e replies/s, {} warm conversations, think 0",
+                "e2e replies/s, {} warm conversations, think 0, one Slack call per message",
                 ctx.opts.lanes()
             ),
+            format!("{}/s", num(median(&plain_rates))),
+        )
+        .reference(format!("{}/s pipeline", num(median(&rf))))
+        .ratio(plain_ratio)
+        .goal(">= 0.5x", plain_ratio >= 0.5),
+        Row::new(
+            "6",
+            "e2e replies/s as deployed (+ ack reaction added and removed: 3 Slack calls)",
             format!("{}/s", num(median(&gw))),
         )
         .reference(format!("{}/s pipeline", num(median(&rf))))
         .ratio(ratio)
-        .goal(">= 0.5x", ratio >= 0.5),
+        .note("informational"),
     ];
     Ok(PhaseOut {
         rows,
