@@ -88,8 +88,8 @@ impl Queue {
                 call = call.arg(field).arg(cap);
             }
         }
-        let mut conn = self.conn().await?;
-        let reply: Vec<String> = call.invoke(&mut conn).await?;
+        let mut conn = self.shared_conn().await?;
+        let reply: Vec<String> = call.invoke_on(&mut conn).await?;
         let index = |i: Option<&String>| {
             i.and_then(|i| i.parse::<usize>().ok())
                 .and_then(|i| i.checked_sub(1))

@@ -81,6 +81,8 @@ pub struct Queue {
 
 struct Inner {
     pool: RedisPool,
+    /// Short commands on the hot ingress path, pipelined on one socket.
+    shared: Arc<crate::store::SharedConnection>,
     keys: Keys,
     settings: QueueSettings,
     scripts: Scripts,
@@ -92,6 +94,7 @@ impl Queue {
     pub fn new(pool: RedisPool, prefix: &str, settings: QueueSettings) -> Self {
         Self {
             inner: Arc::new(Inner {
+                shared: Arc::new(crate::store::SharedConnection::of(&pool)),
                 pool,
                 keys: Keys::new(prefix, settings.shards),
                 settings,
@@ -115,6 +118,12 @@ impl Queue {
 
     pub(crate) async fn conn(&self) -> Result<crate::store::Connection, QueueError> {
         Ok(self.inner.pool.get().await?)
+    }
+
+    /// The connection shared by short commands (see
+    /// [`crate::store::SharedConnection`]); never for a blocking read.
+    pub(crate) async fn shared_conn(&self) -> Result<crate::store::SharedHandle, QueueError> {
+        Ok(self.inner.shared.get().await?)
     }
 
     fn ms(d: std::time::Duration) -> u64 {
@@ -180,8 +189,8 @@ impl Queue {
         acknowledge: bool,
     ) -> Result<Enqueued, QueueError> {
         let call = self.enqueue_call(message, destination, mode, acknowledge)?;
-        let mut conn = self.conn().await?;
-        enqueued(call.invoke(&mut conn).await?)
+        let mut conn = self.shared_conn().await?;
+        enqueued(call.invoke_on(&mut conn).await?)
     }
 
     /// Whether a conversation record exists (e.g. a Slack thread the bot is in).

@@ -92,19 +92,27 @@ impl<'a> ScriptCall<'a> {
         self
     }
 
-    /// Run it on `conn`: `EVALSHA` built straight from the keys and
-    /// arguments; when Redis does not have the script yet (a restart, a new
-    /// server), the script is loaded and the call made again.
+    /// Run it on a pooled connection.
     pub async fn invoke<T: redis::FromRedisValue>(
         &self,
         conn: &mut crate::store::Connection,
+    ) -> redis::RedisResult<T> {
+        self.invoke_on(&mut **conn).await
+    }
+
+    /// Run it on `conn`: `EVALSHA` built straight from the keys and
+    /// arguments; when Redis does not have the script yet (a restart, a new
+    /// server), the script is loaded and the call made again.
+    pub async fn invoke_on<T: redis::FromRedisValue, C: redis::aio::ConnectionLike>(
+        &self,
+        conn: &mut C,
     ) -> redis::RedisResult<T> {
         let mut cmd = redis::cmd("EVALSHA");
         cmd.arg(self.script.get_hash())
             .arg(self.keys.len())
             .arg(&self.keys)
             .arg(&self.args);
-        match cmd.query_async(&mut **conn).await {
+        match cmd.query_async(conn).await {
             Err(e) if e.kind() == redis::ErrorKind::Server(redis::ServerErrorKind::NoScript) => {
                 let mut invocation = self.script.prepare_invoke();
                 for key in &self.keys {
@@ -113,7 +121,7 @@ impl<'a> ScriptCall<'a> {
                 for arg in &self.args {
                     invocation.arg(arg.as_slice());
                 }
-                invocation.invoke_async(&mut **conn).await
+                invocation.invoke_async(conn).await
             }
             other => other,
         }

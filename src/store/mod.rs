@@ -45,9 +45,9 @@ impl managed::Manager for Manager {
             .client
             .get_multiplexed_async_connection_with_config(&self.config)
             .await?;
-        Ok(PooledConnection {
+        Ok(Tracked {
             conn,
-            broken: AtomicBool::new(false),
+            on_failure: Broken::default(),
         })
     }
 
@@ -56,7 +56,7 @@ impl managed::Manager for Manager {
         conn: &mut PooledConnection,
         metrics: &Metrics,
     ) -> RecycleResult<RedisError> {
-        if conn.broken.load(Ordering::Relaxed) {
+        if conn.on_failure.0.load(Ordering::Relaxed) {
             return Err(RecycleError::message("the connection failed"));
         }
         // A connection out of use for a while may have been closed under us
@@ -70,24 +70,29 @@ impl managed::Manager for Manager {
     }
 }
 
-/// A connection that remembers whether its socket failed, so the pool
-/// drops it instead of handing it out again.
-pub struct PooledConnection {
-    conn: MultiplexedConnection,
-    broken: AtomicBool,
+/// What to do when a connection's socket fails.
+pub trait OnSocketFailure {
+    fn socket_failed(&self);
 }
 
-impl PooledConnection {
+/// A multiplexed connection that reports a failed socket (to the pool, or
+/// to the [`SharedConnection`]) so it is not used again.
+pub struct Tracked<F: OnSocketFailure> {
+    conn: MultiplexedConnection,
+    on_failure: F,
+}
+
+impl<F: OnSocketFailure> Tracked<F> {
     fn note<T>(&self, result: &Result<T, RedisError>) {
         if let Err(e) = result
             && (e.is_unrecoverable_error() || e.is_connection_dropped())
         {
-            self.broken.store(true, Ordering::Relaxed);
+            self.on_failure.socket_failed();
         }
     }
 }
 
-impl ConnectionLike for PooledConnection {
+impl<F: OnSocketFailure + Send + Sync> ConnectionLike for Tracked<F> {
     fn req_packed_command<'a>(&'a mut self, cmd: &'a Cmd) -> RedisFuture<'a, Value> {
         Box::pin(async move {
             let result = self.conn.req_packed_command(cmd).await;
@@ -111,6 +116,99 @@ impl ConnectionLike for PooledConnection {
 
     fn get_db(&self) -> i64 {
         self.conn.get_db()
+    }
+}
+
+/// A pooled connection remembers whether its socket failed, so the pool
+/// drops it instead of handing it out again.
+pub type PooledConnection = Tracked<Broken>;
+
+/// Set once a pooled connection's socket failed.
+#[derive(Default)]
+pub struct Broken(AtomicBool);
+
+impl OnSocketFailure for Broken {
+    fn socket_failed(&self) {
+        self.0.store(true, Ordering::Relaxed);
+    }
+}
+
+/// One multiplexed connection shared by every caller of short commands
+/// (never a blocking read): concurrent requests are pipelined on its one
+/// socket, many commands to a write and a read, where each checkout of the
+/// pool is a socket of its own. Ingress takes it for every event. It is
+/// opened on first use and opened again after its socket fails.
+pub struct SharedConnection {
+    client: Client,
+    config: AsyncConnectionConfig,
+    /// The connection and its generation (so that a handle on an old one
+    /// that failed does not drop its replacement).
+    current: std::sync::Mutex<(u64, Option<MultiplexedConnection>)>,
+}
+
+impl SharedConnection {
+    /// Sharing the pool's server and timeouts.
+    pub fn of(pool: &RedisPool) -> Self {
+        let manager = pool.manager();
+        Self {
+            client: manager.client.clone(),
+            config: manager.config.clone(),
+            current: std::sync::Mutex::new((0, None)),
+        }
+    }
+
+    /// A handle on the shared connection (cheap: a clone of it).
+    pub async fn get(self: &std::sync::Arc<Self>) -> Result<SharedHandle, RedisError> {
+        let (generation, conn) = {
+            let current = self.current.lock().unwrap_or_else(|p| p.into_inner());
+            (current.0, current.1.clone())
+        };
+        let (generation, conn) = match conn {
+            Some(conn) => (generation, conn),
+            None => {
+                // Opened outside the lock; two callers at once may both
+                // open one, and the later one is kept.
+                let conn = self
+                    .client
+                    .get_multiplexed_async_connection_with_config(&self.config)
+                    .await?;
+                let mut current = self.current.lock().unwrap_or_else(|p| p.into_inner());
+                current.0 += 1;
+                current.1 = Some(conn.clone());
+                (current.0, conn)
+            }
+        };
+        Ok(Tracked {
+            conn,
+            on_failure: SharedFailure {
+                generation,
+                shared: self.clone(),
+            },
+        })
+    }
+
+    /// Drop connection `generation` after its socket failed; the next `get`
+    /// opens another.
+    fn failed(&self, generation: u64) {
+        let mut current = self.current.lock().unwrap_or_else(|p| p.into_inner());
+        if current.0 == generation {
+            current.1 = None;
+        }
+    }
+}
+
+/// A handle on the [`SharedConnection`]; `&mut handle` runs commands.
+pub type SharedHandle = Tracked<SharedFailure>;
+
+/// Which shared connection a handle is on, to drop it when it fails.
+pub struct SharedFailure {
+    generation: u64,
+    shared: std::sync::Arc<SharedConnection>,
+}
+
+impl OnSocketFailure for SharedFailure {
+    fn socket_failed(&self) {
+        self.shared.failed(self.generation);
     }
 }
 

@@ -536,3 +536,85 @@ async fn a_pooled_connection_is_reused_without_a_ping_unless_idle_or_broken() {
         "and the pool drops it"
     );
 }
+
+/// A shared token bucket grants up to its burst, then says how long to
+/// wait; its key expires when unused, and a busy bucket renews its TTL at
+/// most every 10 s (most takes skip the PEXPIRE) but never loses it.
+#[tokio::test]
+async fn token_buckets_grant_their_burst_and_renew_their_ttl_every_ten_seconds() {
+    let redis = TestRedis::start();
+    let (queue, _) = test_queue(
+        &redis,
+        "buckets",
+        switchboard::queue::QueueSettings::default(),
+    );
+    let key = queue.keys().shard(0).bucket("b");
+    // 1 token per second, burst 2: two granted, the third waits ~1 s.
+    for _ in 0..2 {
+        assert_eq!(
+            queue
+                .take_tokens("b", 1.0, 2.0, 1.0, 0.0)
+                .await
+                .expect("take"),
+            None
+        );
+    }
+    let wait = queue
+        .take_tokens("b", 1.0, 2.0, 1.0, 0.0)
+        .await
+        .expect("take")
+        .expect("short");
+    assert!(
+        wait > Duration::from_millis(500) && wait <= Duration::from_secs(1),
+        "{wait:?}"
+    );
+    let mut conn = queue.connection().await.expect("conn");
+    let ttl = pttl(&mut conn, &key).await;
+    assert!(
+        ttl > 55_000 && ttl <= 62_000,
+        "a minute past a full refill: {ttl}"
+    );
+    // Renewed within the last 10 s: a take leaves the TTL alone.
+    let _: () = redis::cmd("PERSIST")
+        .arg(&key)
+        .query_async(&mut *conn)
+        .await
+        .expect("persist");
+    queue
+        .take_tokens("b", 1.0, 2.0, 1.0, 0.0)
+        .await
+        .expect("take");
+    assert_eq!(
+        pttl(&mut conn, &key).await,
+        -1,
+        "no PEXPIRE within 10 s of the last"
+    );
+    // Last renewed 20 s ago: the next take renews it.
+    let at: i64 = redis::cmd("HGET")
+        .arg(&key)
+        .arg("ttl_at")
+        .query_async(&mut *conn)
+        .await
+        .expect("ttl_at");
+    let _: () = redis::cmd("HSET")
+        .arg(&key)
+        .arg("ttl_at")
+        .arg(at - 20_000)
+        .query_async(&mut *conn)
+        .await
+        .expect("hset");
+    queue
+        .take_tokens("b", 1.0, 2.0, 1.0, 0.0)
+        .await
+        .expect("take");
+    let ttl = pttl(&mut conn, &key).await;
+    assert!(ttl > 55_000, "renewed: {ttl}");
+}
+
+async fn pttl(conn: &mut switchboard::store::Connection, key: &str) -> i64 {
+    redis::cmd("PTTL")
+        .arg(key)
+        .query_async(&mut **conn)
+        .await
+        .expect("pttl")
+}

@@ -17,7 +17,8 @@ do
   for i = 9, 8 + nseen do
     if redis.call('EXISTS', KEYS[i]) == 1 then return {'duplicate'} end
   end
-  if ARGV[8] == '1' and redis.call('EXISTS', KEYS[1]) == 0 then return {'no_conversation'} end
+  admitted.exists = redis.call('EXISTS', KEYS[1]) == 1
+  if ARGV[8] == '1' and not admitted.exists then return {'no_conversation'} end
   local short = take_tokens(9 + nseen, nbuckets, 1, 0, 14)
   if short > 0 then return {'refused', 'rate', tostring(short)} end
   if redis.call('ZCARD', KEYS[3]) >= tonumber(ARGV[12]) then return {'refused', 'busy'} end
@@ -29,4 +30,5 @@ do
       if spent >= tonumber(ARGV[argi + 2 * i - 1]) then return {'refused', 'budget', tostring(i)} end
     end
   end
+  admitted.checked = true
 end

@@ -11,11 +11,14 @@ local conv, inbox, outbox, dead = KEYS[1], KEYS[2], KEYS[7], KEYS[8]
 local cid = ARGV[1]
 local now = now_ms()
 local last_seen = 8 + (tonumber(ARGV[10]) or (#KEYS - 8))
-for i = 9, last_seen do
-  if redis.call('EXISTS', KEYS[i]) == 1 then return {'duplicate'} end
+local exists = admitted.exists
+if not admitted.checked then
+  for i = 9, last_seen do
+    if redis.call('EXISTS', KEYS[i]) == 1 then return {'duplicate'} end
+  end
+  exists = redis.call('EXISTS', conv) == 1
+  if ARGV[8] == '1' and not exists then return {'no_conversation'} end
 end
-local exists = redis.call('EXISTS', conv) == 1
-if ARGV[8] == '1' and not exists then return {'no_conversation'} end
 for i = 9, last_seen do redis.call('SET', KEYS[i], '1', 'EX', ARGV[6]) end
 if not exists then
   redis.call('HSET', conv, 'cid', cid, 'state', 'idle', 'epoch', 0, 'created_ms', now)

@@ -1,9 +1,18 @@
 -- Shared by every queue script (prepended at build time).
 -- Time comes from the Redis server, so every host agrees on lease deadlines.
+-- Read once per script: one clock for everything a script does.
+local script_now = nil
 local function now_ms()
-  local t = redis.call('TIME')
-  return tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+  if not script_now then
+    local t = redis.call('TIME')
+    script_now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+  end
+  return script_now
 end
+
+-- What admit.lua already checked when enqueue.lua runs after it in the
+-- same script: no duplicate, and whether the conversation exists.
+local admitted = { checked = false, exists = false }
 
 -- The caller holds the conversation's lease at `epoch`, and it has not expired.
 local function holds_lease(conv, leases, cid, epoch, now)
@@ -103,7 +112,7 @@ local function take_tokens(first, n, wanted, reserve, argi)
   for i = 1, n do
     local key = KEYS[first + i - 1]
     local rate, burst = tonumber(ARGV[argi + 2 * i - 2]), tonumber(ARGV[argi + 2 * i - 1])
-    local state = redis.call('HMGET', key, 'tokens', 'at')
+    local state = redis.call('HMGET', key, 'tokens', 'at', 'ttl_at')
     local tokens = tonumber(state[1]) or burst
     local at = tonumber(state[2]) or now
     tokens = math.min(burst, tokens + (now - at) * rate / 1000)
@@ -113,8 +122,15 @@ local function take_tokens(first, n, wanted, reserve, argi)
     else
       wait = math.ceil((want - tokens) * 1000 / rate)
     end
-    redis.call('HSET', key, 'tokens', tostring(tokens), 'at', now)
-    redis.call('PEXPIRE', key, math.ceil(burst * 1000 / rate) + 60000)
+    -- The TTL (a minute past a full refill) is renewed every 10 s at most:
+    -- a busy bucket cannot expire, and most calls skip the PEXPIRE.
+    local ttl_at = tonumber(state[3])
+    if ttl_at and now - ttl_at < 10000 then
+      redis.call('HSET', key, 'tokens', tostring(tokens), 'at', now)
+    else
+      redis.call('HSET', key, 'tokens', tostring(tokens), 'at', now, 'ttl_at', now)
+      redis.call('PEXPIRE', key, math.ceil(burst * 1000 / rate) + 60000)
+    end
     if wait > 0 then return i, wait end
   end
   return 0, 0
