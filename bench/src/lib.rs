@@ -103,6 +103,10 @@ pub async fn run(opts: Opts) -> anyhow::Result<Outcome> {
     };
     if ctx.opts.only_pool {
         run_pool_phases(&ctx, &mut record).await;
+    } else if ctx.opts.only_ack {
+        log!("phases 1-2: ack latency and throughput, gateway vs reference");
+        let at = Instant::now();
+        record("1-2 ack", phases::ack::ack(&ctx).await, at);
     } else if !ctx.opts.only_cpu {
         run_phases_1_to_7(&ctx, &idle, &mut record).await;
     }

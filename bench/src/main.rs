@@ -33,6 +33,10 @@ enum Cmd {
         /// Run phases 5 and 6 (warm hit, end to end) alone, without phase 8.
         #[arg(long, conflicts_with = "only_cpu")]
         only_pool: bool,
+        /// Run phases 1 and 2 (ack latency, saturation) alone, without
+        /// phase 8.
+        #[arg(long, conflicts_with_all = ["only_cpu", "only_pool"])]
+        only_ack: bool,
         /// Where switchboard, stand-in-agent and switchboard-bench are
         /// (default: next to this program).
         #[arg(long)]
@@ -62,6 +66,7 @@ async fn main() -> anyhow::Result<()> {
             no_cpu,
             only_cpu,
             only_pool,
+            only_ack,
             bin_dir,
             out,
         } => {
@@ -83,7 +88,8 @@ async fn main() -> anyhow::Result<()> {
             opts.keep_dir = keep_dir;
             opts.only_cpu = only_cpu;
             opts.only_pool = only_pool;
-            if no_cpu || only_pool {
+            opts.only_ack = only_ack;
+            if no_cpu || only_pool || only_ack {
                 opts.cpu_small = 0;
             }
             let outcome = switchboard_bench::run(opts).await?;

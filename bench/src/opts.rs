@@ -21,6 +21,8 @@ pub struct Opts {
     pub only_cpu: bool,
     /// Run phases 5 and 6 alone (to iterate on the pool).
     pub only_pool: bool,
+    /// Phases 1 and 2 alone.
+    pub only_ack: bool,
     /// Interleaved rounds of each comparison.
     pub rounds: usize,
     /// Requests per round at 100/s, at 1000/s, and saturated.
@@ -65,6 +67,7 @@ impl Opts {
             keep_dir: false,
             only_cpu: false,
             only_pool: false,
+            only_ack: false,
             rounds: 5,
             n_100: 300,
             n_1000: 3000,
