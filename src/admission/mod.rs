@@ -28,8 +28,38 @@ pub fn system_clock() -> Clock {
 #[derive(Clone)]
 pub struct Admission {
     queue: Queue,
-    settings: Arc<RwLock<Arc<AdmissionSettings>>>,
+    current: Arc<RwLock<Arc<Current>>>,
     clock: Clock,
+}
+
+/// The settings, and their numbers as the admit script takes them
+/// (formatting an `f64` costs more than the rest of a bucket's arguments,
+/// and they change only on a reload).
+struct Current {
+    settings: Arc<AdmissionSettings>,
+    user_rate: String,
+    user_burst: String,
+    channel_rate: String,
+    channel_burst: String,
+    /// User, channel and workspace daily caps.
+    caps: [String; 3],
+}
+
+impl Current {
+    fn new(settings: AdmissionSettings) -> Self {
+        Self {
+            user_rate: (settings.user_per_minute / 60.0).to_string(),
+            user_burst: settings.user_burst.to_string(),
+            channel_rate: (settings.channel_per_minute / 60.0).to_string(),
+            channel_burst: settings.channel_burst.to_string(),
+            caps: [
+                settings.user_daily_usd.to_string(),
+                settings.channel_daily_usd.to_string(),
+                settings.workspace_daily_usd.to_string(),
+            ],
+            settings: Arc::new(settings),
+        }
+    }
 }
 
 /// Admission's part of a one-script admit and enqueue: the limits, and the
@@ -57,15 +87,15 @@ impl Admission {
     pub fn new(queue: Queue, settings: AdmissionSettings, clock: Clock) -> Self {
         Self {
             queue,
-            settings: Arc::new(RwLock::new(Arc::new(settings))),
+            current: Arc::new(RwLock::new(Arc::new(Current::new(settings)))),
             clock,
         }
     }
 
     /// Replace the settings (a reload); applies to the next message.
     pub fn update(&self, settings: AdmissionSettings) {
-        let mut current = self.settings.write().unwrap_or_else(|p| p.into_inner());
-        *current = Arc::new(settings);
+        let mut current = self.current.write().unwrap_or_else(|p| p.into_inner());
+        *current = Arc::new(Current::new(settings));
     }
 
     pub fn queue(&self) -> &Queue {
@@ -73,7 +103,11 @@ impl Admission {
     }
 
     pub fn settings(&self) -> Arc<AdmissionSettings> {
-        self.settings
+        self.current().settings.clone()
+    }
+
+    fn current(&self) -> Arc<Current> {
+        self.current
             .read()
             .unwrap_or_else(|p| p.into_inner())
             .clone()
@@ -164,7 +198,8 @@ impl Admission {
         {
             return None;
         }
-        let settings = self.settings();
+        let current = self.current();
+        let settings = &current.settings;
         let user = &candidate.message.sender;
         let sender = Sender {
             team,
@@ -173,38 +208,40 @@ impl Admission {
             external: candidate.external,
             bot: candidate.from_bot,
         };
-        policy::check(&settings, &sender).ok()?;
+        policy::check(settings, &sender).ok()?;
         let mut check = ScriptCheck::default();
         let rates = [
             (
                 settings.user_per_minute,
-                settings.user_burst,
+                &current.user_rate,
+                &current.user_burst,
                 format!("user:{team}:{user}"),
                 Refusal::UserRate,
             ),
             (
                 settings.channel_per_minute,
-                settings.channel_burst,
+                &current.channel_rate,
+                &current.channel_burst,
                 format!("channel:{team}:{channel}"),
                 Refusal::ChannelRate,
             ),
         ];
-        for (per_minute, burst, name, refusal) in rates {
+        for (per_minute, rate, burst, name, refusal) in rates {
             if per_minute > 0.0 {
                 check.limits.buckets.push(ScriptBucket {
                     name,
-                    rate: (per_minute / 60.0).to_string(),
-                    burst: burst.to_string(),
+                    rate: rate.clone(),
+                    burst: burst.clone(),
                 });
                 check.rate_refusals.push(refusal);
             }
         }
         check.limits.max_waiting = settings.max_waiting;
-        let caps = daily_caps(team, channel, user, &settings);
+        let caps = daily_caps(team, channel, user, settings);
         let mut fields = Vec::new();
-        for (field, cap, refusal) in caps {
+        for ((field, cap, refusal), formatted) in caps.into_iter().zip(&current.caps) {
             if cap > 0.0 {
-                fields.push((field, cap.to_string()));
+                fields.push((field, formatted.clone()));
                 check.budget_refusals.push(refusal);
             }
         }
