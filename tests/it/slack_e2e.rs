@@ -384,31 +384,46 @@ async fn fifty_conversations_streaming_at_once_stay_within_slacks_limits_and_all
     world.stop().await;
 }
 
+/// What ends the Slack outage in [`outage_until`].
+enum OutageEnds {
+    /// A try of the final reply carried the late note: the reply is stale
+    /// from then on, whatever the machine's speed. (A 503 on a progress
+    /// update, or on a final try made within the first millisecond, does
+    /// not count: the reply could still go out fresh after the outage.)
+    OnALateTry,
+    /// The final reply was dead-lettered as too old.
+    OnADeadLetter,
+}
+
 /// Mention the bot in `channel` during a Slack outage (every post and
-/// update answered 503) that lasts until the final reply was tried once or
-/// was dead-lettered as too old, so that when Slack is back the reply is
-/// older than a millisecond whatever the machine's speed. Returns the
-/// mention's ts.
-async fn outage_until_the_final_reply_is_tried(
-    world: &SlackWorld,
-    channel: &str,
-    text: &str,
-) -> String {
+/// update answered 503) that lasts until `ends`, so that when Slack is
+/// back the final reply is older than `max_reply_age` (1 ms here).
+/// Returns the mention's ts.
+async fn outage_until(world: &SlackWorld, channel: &str, text: &str, ends: OutageEnds) -> String {
     const METHODS: [&str; 2] = ["chat.postMessage", "chat.update"];
     for method in METHODS {
         world.stub.fail_next(method, 10_000, Failure::Status(503));
     }
     let ts = world.mention(channel, text).await;
-    wait_until(Duration::from_secs(60), "a try of the final reply", || {
-        let tried = world.stub.calls().into_iter().any(|c| {
+    wait_until(Duration::from_secs(60), "the end of the outage", || {
+        let late_try = world.stub.calls().into_iter().any(|c| {
             c.status == 503
-                && c.param("text")
-                    .is_some_and(|t| t.contains("turn 1 of session"))
+                && c.param("text").is_some_and(|t| {
+                    t.contains("Sorry for the delay") && t.contains("turn 1 of session")
+                })
         });
         let queue = world.queue.clone();
+        let ends = &ends;
         async move {
-            let dead = queue.dead_letters(10).await.expect("dead letters");
-            (tried || dead.iter().any(|d| d.reason.contains("too old"))).then_some(())
+            match ends {
+                OutageEnds::OnALateTry => late_try.then_some(()),
+                OutageEnds::OnADeadLetter => {
+                    let dead = queue.dead_letters(10).await.expect("dead letters");
+                    dead.iter()
+                        .any(|d| d.reason.contains("too old"))
+                        .then_some(())
+                }
+            }
         }
     })
     .await;
@@ -424,7 +439,7 @@ async fn a_reply_too_old_when_it_can_be_sent_goes_out_with_a_note() {
         s.egress.max_reply_age = Duration::from_millis(1)
     })
     .await;
-    let ts = outage_until_the_final_reply_is_tried(&world, "C0LATE", "are you late?").await;
+    let ts = outage_until(&world, "C0LATE", "are you late?", OutageEnds::OnALateTry).await;
     let reply = final_reply(&world, "C0LATE", &ts).await;
     world.settle().await;
     assert!(reply.text.contains("Sorry for the delay"), "{}", reply.text);
@@ -439,16 +454,21 @@ async fn a_reply_too_old_is_dead_lettered_when_so_configured() {
         s.egress.stale_replies = switchboard::config::StaleReplies::Drop;
     })
     .await;
-    let ts =
-        outage_until_the_final_reply_is_tried(&world, "C0DROP", "[[delay:300]] too late").await;
-    wait_until(Duration::from_secs(60), "the dead letter", || {
-        let queue = world.queue.clone();
-        async move {
-            let dead = queue.dead_letters(10).await.expect("dead");
-            dead.into_iter().find(|d| d.reason.contains("too old"))
-        }
-    })
+    // Under the outage the final reply is either dead-lettered at once or
+    // retried until it is; either way it never goes out.
+    let ts = outage_until(
+        &world,
+        "C0DROP",
+        "[[delay:300]] too late",
+        OutageEnds::OnADeadLetter,
+    )
     .await;
+    let dead = world.queue.dead_letters(10).await.expect("dead letters");
+    assert!(
+        dead.iter()
+            .any(|d| d.reason.contains("reply too old to send")),
+        "{dead:?}"
+    );
     world.settle().await;
     assert!(
         world
