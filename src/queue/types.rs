@@ -58,7 +58,8 @@ pub enum EnqueueMode {
 pub enum Enqueued {
     /// Queued; `position` is its place in the conversation's inbox (1 = next),
     /// `ahead` how many conversations wait before it in the shared ready
-    /// queue (`None` when it is not waiting there).
+    /// queue when this message put the conversation there (`None` when it
+    /// did not: it was already waiting, running, or routed to its owner).
     Queued {
         id: String,
         position: u64,

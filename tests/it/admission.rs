@@ -234,11 +234,25 @@ async fn a_message_that_must_wait_is_told_its_place_in_line_once() {
     let third = mention_from(&world, &world.app, "C3", "UCAROL", "third", json!({})).await;
     let notice = wait_notice(&world, "C3", &third).await;
     assert!(notice.contains("1 ahead of you"), "{notice}");
+    // A follow-up while the conversation still waits is not told again.
+    mention_from(
+        &world,
+        &world.app,
+        "C3",
+        "UCAROL",
+        "third, more",
+        json!({ "thread_ts": third }),
+    )
+    .await;
     for (c, ts) in [("C1", &busy), ("C2", &next), ("C3", &third)] {
         wait_reply(&world, c, ts).await;
     }
     world.settle().await;
-    assert_eq!(world.notices("C3", &third).len(), 1, "told once");
+    assert_eq!(
+        world.notices("C3", &third).len(),
+        1,
+        "told once, not once per message"
+    );
     assert!(
         world.notices("C2", &next).is_empty(),
         "next in line: nobody ahead"

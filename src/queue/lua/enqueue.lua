@@ -6,7 +6,8 @@
 --       10 number of seen keys (optional: all KEYS after the 8th; admit.lua
 --       puts more keys after them)
 -- Returns {'queued', id, position, owner, ahead} | {'duplicate'} | {'overflow'} | {'no_conversation'}
---   (ahead: conversations before it in the shared ready queue, '' when not in it)
+--   (ahead: conversations before it in the shared ready queue when this message
+--   put it there, else '')
 local conv, inbox, outbox, dead = KEYS[1], KEYS[2], KEYS[7], KEYS[8]
 local cid = ARGV[1]
 local now = now_ms()
@@ -43,9 +44,11 @@ if ARGV[9] ~= '' then
     'part', 0, 'seq', 0, 'text', '', 'acks', cjson.encode({ARGV[9]}), 'at_ms', now)
 end
 redis.call('PEXPIRE', inbox, ARGV[5])
-local owner = ''
+local owner, ahead = '', false
 if redis.call('HGET', conv, 'state') == 'idle' then
   owner = schedule(conv, KEYS[3], KEYS[4], KEYS[5], KEYS[6], cid, now)
+  -- Only the message that puts its conversation in the shared queue learns
+  -- its place: the sender is told once per wait, not once per message.
+  if owner == '' then ahead = redis.call('ZRANK', KEYS[3], cid) end
 end
-local ahead = redis.call('ZRANK', KEYS[3], cid)
 return {'queued', id, tostring(len + 1), owner, ahead and tostring(ahead) or ''}
