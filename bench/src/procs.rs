@@ -212,3 +212,23 @@ pub async fn get_ok(http: &reqwest::Client, addr: SocketAddr, path: &str) -> boo
         .await
         .is_ok_and(|r| r.status().is_success())
 }
+
+/// CPU time `pid` has used (user + system), in seconds; 0 when gone.
+pub fn cpu_seconds(pid: u32) -> f64 {
+    let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
+        return 0.0;
+    };
+    // Fields after "(comm)": state is the 1st, utime the 12th, stime the 13th.
+    let Some(close) = stat.rfind(')') else {
+        return 0.0;
+    };
+    let fields: Vec<&str> = stat[close + 1..].split_whitespace().collect();
+    let ticks = |i: usize| {
+        fields
+            .get(i)
+            .and_then(|v| v.parse::<f64>().ok())
+            .unwrap_or(0.0)
+    };
+    // Linux reports these in USER_HZ, 100 on every platform we run on.
+    (ticks(11) + ticks(12)) / 100.0
+}

@@ -10,6 +10,7 @@ use switchboard::queue::EnqueueMode;
 
 use crate::events::{Event, Signer};
 use crate::load::{LoadResult, closed_loop, open_loop};
+use crate::procs::cpu_seconds;
 use crate::report::{PhaseOut, Row, num};
 use crate::stats::{median, ratio_median};
 use crate::{Ctx, log};
@@ -65,11 +66,15 @@ struct Series {
     p50_1000: Vec<f64>,
     p99_1000: Vec<f64>,
     sat: Vec<f64>,
+    /// CPU µs per event while saturated: the server process, its Redis.
+    sat_cpu_us: [Vec<f64>; 2],
     raw: Vec<serde_json::Value>,
 }
 
 impl Series {
-    fn push(&mut self, round: usize, a: &LoadResult, b: &LoadResult, c: &LoadResult) {
+    fn push(&mut self, round: usize, [a, b, c]: &[LoadResult; 3], cpu_us: [f64; 2]) {
+        self.sat_cpu_us[0].push(cpu_us[0]);
+        self.sat_cpu_us[1].push(cpu_us[1]);
         self.p50_100.push(a.latency_ms.p50);
         self.p99_100.push(a.latency_ms.p99);
         self.p50_1000.push(b.latency_ms.p50);
@@ -84,12 +89,28 @@ impl Series {
         };
         self.raw.push(
             json!({"round": round, "at_100": a, "at_1000": b, "saturated": c,
+            "saturated_cpu_us_per_event": {"server": cpu_us[0], "redis": cpu_us[1]},
             "latencies_100_ms": lat(a), "latencies_1000_ms": lat(b)}),
         );
     }
 }
 
-async fn round(ctx: &Ctx, signer: &Signer, url: &str, side: Side, tag: &str) -> [LoadResult; 3] {
+/// A side's server and its Redis, whose CPU time the saturated run counts.
+#[derive(Clone, Copy)]
+struct Pids {
+    server: u32,
+    redis: u32,
+}
+
+/// The three runs of a round, and the CPU µs per event the server and its
+/// Redis used in the saturated one.
+async fn round(
+    ctx: &Ctx,
+    signer: &Signer,
+    url: &str,
+    (side, pids): (Side, Pids),
+    tag: &str,
+) -> ([LoadResult; 3], [f64; 2]) {
     let o = &ctx.opts;
     let events = |count| match side {
         Side::Gateway => lane_events(ctx, signer, count),
@@ -97,6 +118,8 @@ async fn round(ctx: &Ctx, signer: &Signer, url: &str, side: Side, tag: &str) -> 
     };
     let a = open_loop(&ctx.http, url, events(o.n_100), 100.0, o.max_loop).await;
     let b = open_loop(&ctx.http, url, events(o.n_1000), 1000.0, o.max_loop).await;
+    let cpu = || [cpu_seconds(pids.server), cpu_seconds(pids.redis)];
+    let before = cpu();
     let c = closed_loop(
         &ctx.http,
         url,
@@ -105,7 +128,10 @@ async fn round(ctx: &Ctx, signer: &Signer, url: &str, side: Side, tag: &str) -> 
         o.max_loop,
     )
     .await;
-    [a, b, c]
+    let after = cpu();
+    let ok = c.ok.max(1) as f64;
+    let per_event = |i: usize| (after[i] - before[i]) * 1e6 / ok;
+    ([a, b, c], [per_event(0), per_event(1)])
 }
 
 /// Phases 1 and 2: three sides in rotating order each round.
@@ -120,13 +146,29 @@ pub async fn ack(ctx: &Ctx) -> anyhow::Result<PhaseOut> {
             ..crate::stack::StackSpec::serve("ingress", 1, 0)
         })
         .await?;
+    let pids = |server: &crate::procs::Proc, redis: &crate::procs::Redis| Pids {
+        server: server.pid(),
+        redis: redis.proc.pid(),
+    };
     let sides = [
-        (Side::Serve, ctx.main.events_url()),
-        (Side::Gateway, alone.events_url()),
-        (Side::Reference, reference.events_url()),
+        (
+            Side::Serve,
+            pids(&ctx.main.serve, &ctx.main.redis),
+            ctx.main.events_url(),
+        ),
+        (
+            Side::Gateway,
+            pids(&alone.serve, &alone.redis),
+            alone.events_url(),
+        ),
+        (
+            Side::Reference,
+            pids(&reference.proc, &reference.redis),
+            reference.events_url(),
+        ),
     ];
     // Warm all up (connections, caches, the first conversations' slots).
-    for (side, url) in &sides {
+    for (side, _, url) in &sides {
         let warm = match side {
             Side::Gateway => lane_events(ctx, &signer, 200),
             _ => events(ctx, &signer, "warm", 200),
@@ -137,13 +179,14 @@ pub async fn ack(ctx: &Ctx) -> anyhow::Result<PhaseOut> {
     for r in 0..ctx.opts.rounds {
         // Rotate who goes first, so drift over time hits all alike.
         for i in 0..sides.len() {
-            let (side, url) = &sides[(r + i) % sides.len()];
+            let (side, pids, url) = &sides[(r + i) % sides.len()];
             let series = match side {
                 Side::Serve => &mut sv,
                 Side::Gateway => &mut gw,
                 Side::Reference => &mut rf,
             };
-            let [a, b, c] = round(ctx, &signer, url, *side, &format!("a{r}")).await;
+            let (runs, cpu_us) = round(ctx, &signer, url, (*side, *pids), &format!("a{r}")).await;
+            let [a, b, c] = &runs;
             log!(
                 "  round {r} {}: p99 @100/s {:.2} ms, p99 @1000/s {:.2} ms, saturated {:.0}/s ({} of {} ok)",
                 side.label(),
@@ -153,13 +196,22 @@ pub async fn ack(ctx: &Ctx) -> anyhow::Result<PhaseOut> {
                 c.ok,
                 c.planned
             );
-            series.push(r, &a, &b, &c);
+            series.push(r, &runs, cpu_us);
         }
+    }
+    let commandstats = commandstats(&alone.redis).await;
+    log!("  gateway's Redis, µs per call by command:");
+    for (command, calls, usec) in &commandstats {
+        log!(
+            "    {command:<16} {calls:>9} calls {:>8.2} µs/call",
+            usec / (*calls).max(1) as f64
+        );
     }
     drop(reference);
     alone.stop();
     let ms = |v: &[f64]| format!("{} ms", num(median(v)));
     let per_s = |v: &[f64]| format!("{}/s", num(median(v)));
+    let us = |v: &[f64]| format!("{} µs", num(median(v)));
     let p99_ratio = ratio_median(&gw.p99_1000, &rf.p99_1000);
     let sat_ratio = ratio_median(&gw.sat, &rf.sat);
     let rows = vec![
@@ -180,6 +232,22 @@ pub async fn ack(ctx: &Ctx) -> anyhow::Result<PhaseOut> {
             .reference(per_s(&rf.sat))
             .ratio(sat_ratio)
             .goal(">= 0.8x", sat_ratio >= 0.8),
+        Row::new(
+            "2",
+            "CPU per saturated ack, gateway process",
+            us(&gw.sat_cpu_us[0]),
+        )
+        .reference(us(&rf.sat_cpu_us[0]))
+        .ratio(ratio_median(&gw.sat_cpu_us[0], &rf.sat_cpu_us[0]))
+        .note("informational"),
+        Row::new(
+            "2",
+            "CPU per saturated ack, its Redis",
+            us(&gw.sat_cpu_us[1]),
+        )
+        .reference(us(&rf.sat_cpu_us[1]))
+        .ratio(ratio_median(&gw.sat_cpu_us[1], &rf.sat_cpu_us[1]))
+        .note("informational"),
         Row::new(
             "2",
             "ack p99 @100/s, serve (+ workers, agents, replies)",
@@ -207,8 +275,42 @@ pub async fn ack(ctx: &Ctx) -> anyhow::Result<PhaseOut> {
     ];
     Ok(PhaseOut {
         rows,
-        raw: json!({"serve": sv.raw, "gateway": gw.raw, "reference": rf.raw}),
+        raw: json!({"serve": sv.raw, "gateway": gw.raw, "reference": rf.raw,
+            "gateway_redis_commandstats": commandstats.iter()
+                .map(|(c, calls, usec)| json!({"command": c, "calls": calls, "usec": usec}))
+                .collect::<Vec<_>>()}),
     })
+}
+
+/// Redis INFO commandstats (commands run inside scripts are counted too):
+/// (command, calls, total µs), most time first.
+async fn commandstats(redis: &crate::procs::Redis) -> Vec<(String, u64, f64)> {
+    let Ok(mut conn) = redis.connection().await else {
+        return Vec::new();
+    };
+    let info: String = redis::cmd("INFO")
+        .arg("commandstats")
+        .query_async(&mut conn)
+        .await
+        .unwrap_or_default();
+    let mut out: Vec<(String, u64, f64)> = info
+        .lines()
+        .filter_map(|line| {
+            let (name, fields) = line.strip_prefix("cmdstat_")?.split_once(':')?;
+            let field = |key: &str| {
+                fields
+                    .split(',')
+                    .find_map(|f| f.strip_prefix(key)?.strip_prefix('='))
+            };
+            Some((
+                name.to_string(),
+                field("calls")?.parse().ok()?,
+                field("usec")?.parse().ok()?,
+            ))
+        })
+        .collect();
+    out.sort_by(|a, b| b.2.total_cmp(&a.2));
+    out
 }
 
 /// Phase 3: two identical stacks, one idle, one with every slot busy and a
