@@ -250,6 +250,32 @@ impl Queue {
         Ok((seen > 0, waiting))
     }
 
+    /// Mark a message's ids seen without queueing it (a refused message, so
+    /// that a retry of it is a duplicate and its sender is not told twice),
+    /// as the admit script does.
+    pub async fn mark_seen(
+        &self,
+        message: &crate::domain::InboundMessage,
+    ) -> Result<(), QueueError> {
+        if message.dedupe_keys.is_empty() {
+            return Ok(());
+        }
+        let k = self.keys().for_conversation(&message.conversation);
+        let ttl = self.settings().dedupe_ttl.as_secs().max(1);
+        let mut pipe = redis::pipe();
+        for id in &message.dedupe_keys {
+            pipe.cmd("SET")
+                .arg(k.seen(id))
+                .arg(1)
+                .arg("EX")
+                .arg(ttl)
+                .ignore();
+        }
+        let mut conn = self.conn().await?;
+        pipe.query_async::<()>(&mut *conn).await?;
+        Ok(())
+    }
+
     /// A handle for plain commands on a shard's keys (egress reply state).
     pub async fn connection(&self) -> Result<crate::store::Connection, QueueError> {
         self.conn().await

@@ -494,6 +494,11 @@ async fn rate_limits_hold_across_conversations_in_different_shards() {
         accept(&intake, elsewhere[1], ts).await,
         IntakeOutcome::Refused(Refusal::UserRate)
     );
+    // A retry of a refused message is a duplicate: its sender is told once.
+    assert_eq!(
+        accept(&intake, elsewhere[1], ts).await,
+        IntakeOutcome::Duplicate
+    );
     let third_in_zero = channels
         .iter()
         .filter(|c| shard(c) == 0)
@@ -502,6 +507,10 @@ async fn rate_limits_hold_across_conversations_in_different_shards() {
     assert_eq!(
         accept(&intake, third_in_zero, ts).await,
         IntakeOutcome::Refused(Refusal::UserRate)
+    );
+    assert_eq!(
+        accept(&intake, third_in_zero, ts).await,
+        IntakeOutcome::Duplicate
     );
     // Refused messages were not queued.
     for c in [elsewhere[1], third_in_zero] {
@@ -529,6 +538,8 @@ async fn past_max_waiting_a_new_conversation_is_refused_as_busy() {
     );
     let c3 = ConversationId::slack(TEAM, "C3", ts);
     assert!(!queue.conversation_exists(&c3).await.expect("redis"));
+    // Slack's retry of the refused event is a duplicate, not a second refusal.
+    assert_eq!(accept(&intake, "C3", ts).await, IntakeOutcome::Duplicate);
     // Once one of them is taken, there is room again.
     let worker = switchboard::queue::WorkerId::new("w1").expect("worker id");
     queue.heartbeat(&worker).await.expect("heartbeat");

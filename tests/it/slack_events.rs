@@ -86,6 +86,34 @@ async fn app_mention_and_message_for_the_same_ts_are_queued_once() {
     app.stop().await;
 }
 
+/// A thread reply that does not (recognisably) mention the bot is taken
+/// only into a conversation that exists. Outside one it must not mark its
+/// ts seen: the same ts may still come as an `app_mention` (when the
+/// gateway cannot tell the mention from the text), which would then be
+/// dropped as a duplicate.
+#[tokio::test]
+async fn a_thread_reply_outside_a_conversation_does_not_swallow_its_mention() {
+    let redis = TestRedis::start();
+    let (app, prefix) = gateway(&redis, "thread-twins").await;
+    let url = app.gateway_url("/slack/events");
+    let (root, ts) = ("1700000000.000700", "1700000000.000701");
+    let reply = message("C0CHAN", "channel", ts, Some(root), "can you help here?");
+    assert_eq!(
+        post_event(&app.http, &url, &callback("Ev006", reply)).await,
+        200
+    );
+    assert!(queued(&redis, &prefix).is_empty(), "not ours yet");
+    let mention = app_mention("C0CHAN", ts, Some(root), "can you help here?");
+    assert_eq!(
+        post_event(&app.http, &url, &callback("Ev007", mention)).await,
+        200
+    );
+    let q = queued(&redis, &prefix);
+    assert_eq!(q.len(), 1, "the mention is queued");
+    assert!(q[0].text.contains("can you help here?"), "{:?}", q[0].text);
+    app.stop().await;
+}
+
 #[tokio::test]
 async fn two_gateways_on_one_redis_share_the_dedupe() {
     let redis = TestRedis::start();

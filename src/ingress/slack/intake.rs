@@ -191,6 +191,12 @@ impl SlackIntake {
                     .await
                     .map_err(unavailable)?
             {
+                // As the admit script does: a retry of a refused message is
+                // a duplicate, so its sender is told once.
+                self.queue
+                    .mark_seen(&candidate.message)
+                    .await
+                    .map_err(unavailable)?;
                 admission
                     .refuse(&candidate, refusal)
                     .await

@@ -2,9 +2,11 @@
 -- (admit = prelude + admit.lua + enqueue.lua), so that a Slack event costs
 -- one round trip: only when every key is in one slot (the buckets and the
 -- day's usage live in shard 0; one shard, the default, always qualifies).
--- A retry of a queued message is a duplicate, not a new request, and a
--- follow-up outside a known conversation is not ours: neither takes a token
--- nor is refused. A refused message is not queued.
+-- A follow-up outside a known conversation is not ours, and a retry of a
+-- queued message is a duplicate, not a new request: neither takes a token
+-- nor is refused. A refused message is not queued, but its ids are marked
+-- seen (SET NX checks and marks in one call): a retry of it is a duplicate,
+-- and its sender is not told twice.
 -- KEYS: as enqueue.lua (1..8, then ARGV[10] seen keys), then ARGV[11]
 --       buckets, then the day's usage hash when ARGV[13] > 0
 -- ARGV: 1..9 as enqueue.lua, 10 seen keys, 11 buckets, 12 max conversations
@@ -14,11 +16,13 @@
 -- short), {'refused', 'busy'}, {'refused', 'budget', i} (cap i reached).
 do
   local nseen, nbuckets, ncaps = tonumber(ARGV[10]), tonumber(ARGV[11]), tonumber(ARGV[13])
+  -- A follow-up outside a conversation marks nothing seen: the ts it
+  -- shares with its app_mention twin must not drop the mention.
+  admitted.state = redis.call('HGET', KEYS[1], 'state')
+  if ARGV[8] == '1' and not admitted.state then return {'no_conversation'} end
   for i = 9, 8 + nseen do
-    if redis.call('EXISTS', KEYS[i]) == 1 then return {'duplicate'} end
+    if not redis.call('SET', KEYS[i], '1', 'NX', 'EX', ARGV[6]) then return {'duplicate'} end
   end
-  admitted.exists = redis.call('EXISTS', KEYS[1]) == 1
-  if ARGV[8] == '1' and not admitted.exists then return {'no_conversation'} end
   local short = take_tokens(9 + nseen, nbuckets, 1, 0, 14)
   if short > 0 then return {'refused', 'rate', tostring(short)} end
   if redis.call('ZCARD', KEYS[3]) >= tonumber(ARGV[12]) then return {'refused', 'busy'} end

@@ -12,19 +12,24 @@ local conv, inbox, outbox, dead = KEYS[1], KEYS[2], KEYS[7], KEYS[8]
 local cid = ARGV[1]
 local now = now_ms()
 local last_seen = 8 + (tonumber(ARGV[10]) or (#KEYS - 8))
-local exists = admitted.exists
+-- The conversation's state; false when it does not exist (every script
+-- that writes the hash sets a state).
+local state = admitted.state
 if not admitted.checked then
   for i = 9, last_seen do
     if redis.call('EXISTS', KEYS[i]) == 1 then return {'duplicate'} end
   end
-  exists = redis.call('EXISTS', conv) == 1
-  if ARGV[8] == '1' and not exists then return {'no_conversation'} end
+  state = redis.call('HGET', conv, 'state')
+  if ARGV[8] == '1' and not state then return {'no_conversation'} end
+  for i = 9, last_seen do redis.call('SET', KEYS[i], '1', 'EX', ARGV[6]) end
 end
-for i = 9, last_seen do redis.call('SET', KEYS[i], '1', 'EX', ARGV[6]) end
-if not exists then
-  redis.call('HSET', conv, 'cid', cid, 'state', 'idle', 'epoch', 0, 'created_ms', now)
+if state then
+  redis.call('HSET', conv, 'dest', ARGV[3], 'last_active_ms', now)
+else
+  state = 'idle'
+  redis.call('HSET', conv, 'cid', cid, 'state', state, 'epoch', 0, 'created_ms', now,
+    'dest', ARGV[3], 'last_active_ms', now)
 end
-redis.call('HSET', conv, 'dest', ARGV[3], 'last_active_ms', now)
 redis.call('PEXPIRE', conv, ARGV[5])
 local len = redis.call('XLEN', inbox)
 if len >= tonumber(ARGV[4]) then
@@ -45,7 +50,7 @@ if ARGV[9] ~= '' then
 end
 redis.call('PEXPIRE', inbox, ARGV[5])
 local owner, ahead = '', false
-if redis.call('HGET', conv, 'state') == 'idle' then
+if state == 'idle' then
   owner = schedule(conv, KEYS[3], KEYS[4], KEYS[5], KEYS[6], cid, now)
   -- Only the message that puts its conversation in the shared queue learns
   -- its place: the sender is told once per wait, not once per message.

@@ -10,9 +10,10 @@ local function now_ms()
   return script_now
 end
 
--- What admit.lua already checked when enqueue.lua runs after it in the
--- same script: no duplicate, and whether the conversation exists.
-local admitted = { checked = false, exists = false }
+-- What admit.lua already did when enqueue.lua runs after it in the same
+-- script: checked and marked the seen keys, and read the conversation's
+-- state (false when it does not exist).
+local admitted = { checked = false, state = false }
 
 -- The caller holds the conversation's lease at `epoch`, and it has not expired.
 local function holds_lease(conv, leases, cid, epoch, now)
