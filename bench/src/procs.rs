@@ -232,3 +232,18 @@ pub fn cpu_seconds(pid: u32) -> f64 {
     // Linux reports these in USER_HZ, 100 on every platform we run on.
     (ticks(11) + ticks(12)) / 100.0
 }
+
+/// valgrind's arguments for a callgrind run writing to `out`. One-time
+/// initialisations (`OnceCell`s) are not counted: one of them, quanta's
+/// clock calibration behind the metrics exporter, loops on the clock for up
+/// to 200 ms, so its count varies from run to run by more than an event's
+/// cost, and "large run minus small run" would not cancel it.
+pub fn callgrind_args(out: &Path) -> Vec<String> {
+    vec![
+        "--tool=callgrind".into(),
+        format!("--callgrind-out-file={}", out.display()),
+        "--toggle-collect=*OnceCell*initialize*".into(),
+        // After --toggle-collect, which would turn collection off at start.
+        "--collect-atstart=yes".into(),
+    ]
+}

@@ -94,9 +94,7 @@ impl RefServer {
         let mut command = match callgrind {
             Some(out) => {
                 let mut c = Command::new("valgrind");
-                c.arg("--tool=callgrind")
-                    .arg(format!("--callgrind-out-file={}", out.display()))
-                    .arg(&bins.bench);
+                c.args(crate::procs::callgrind_args(out)).arg(&bins.bench);
                 c
             }
             None => Command::new(&bins.bench),

@@ -85,8 +85,7 @@ impl Stack {
         let mut command = match &spec.callgrind_out {
             Some(out) => {
                 let mut c = Command::new("valgrind");
-                c.arg("--tool=callgrind")
-                    .arg(format!("--callgrind-out-file={}", out.display()))
+                c.args(crate::procs::callgrind_args(out))
                     .arg(&bins.switchboard);
                 c
             }
