@@ -1,7 +1,9 @@
 //! Phase 8: instructions per ingress event, by callgrind. Each server runs
 //! twice under `valgrind --tool=callgrind` with a different number of
-//! requests; the difference divided by the difference in requests cancels
-//! start-up and shutdown (the median of three such pairs in the full mode). The gateway runs as `switchboard gateway` (no
+//! requests. Counters are zeroed once the server is ready and dumped when
+//! its requests are done (`callgrind_control`), and the difference divided
+//! by the difference in requests cancels what zeroing and dumping cost
+//! (the median of three such pairs in the full mode). The gateway runs as `switchboard gateway` (no
 //! workers in the process; every event in one conversation), once with the acknowledgement reaction off
 //! (ingress alone) and once as deployed (each event also makes egress add
 //! a reaction through the Slack stand-in).
@@ -35,9 +37,11 @@ impl Server {
 }
 
 /// Instructions executed by a server that answered `count` requests.
-async fn instructions(ctx: &Ctx, server: Server, count: usize) -> anyhow::Result<u64> {
+/// `pair` keeps each run's channels (and the Slack stand-in's record of
+/// their reactions) apart from the other runs'.
+async fn instructions(ctx: &Ctx, server: Server, count: usize, pair: usize) -> anyhow::Result<u64> {
     let signer = Signer::new()?;
-    let tag = format!("{}-{count}", server.name());
+    let tag = format!("{}-{count}-p{pair}", server.name());
     let out = ctx.dir.join(format!("callgrind.{tag}.out"));
     // One conversation: with no workers in the process, a second one would
     // wait behind the first for a slot, and admission would tell its sender
@@ -51,8 +55,11 @@ async fn instructions(ctx: &Ctx, server: Server, count: usize) -> anyhow::Result
         Server::Reference => {
             let mut reference =
                 RefServer::start(&ctx.bins, &ctx.dir.join(&tag), Some(&out)).await?;
+            let pid = reference.proc.pid();
+            callgrind_control("-z", pid)?;
             let res = closed_loop(&ctx.http, &reference.events_url(), events, 4, max).await;
             anyhow::ensure!(res.ok == count, "{tag}: {} of {count} requests ok", res.ok);
+            callgrind_control("-d", pid)?;
             reference.proc.stop(Duration::from_secs(60));
         }
         Server::Gateway { reaction } => {
@@ -67,6 +74,8 @@ async fn instructions(ctx: &Ctx, server: Server, count: usize) -> anyhow::Result
                 ..StackSpec::serve(&tag, 1, 0)
             };
             let stack = ctx.stack(spec).await?;
+            let pid = stack.serve.pid();
+            callgrind_control("-z", pid)?;
             let res = closed_loop(&ctx.http, &stack.events_url(), events, 4, max).await;
             anyhow::ensure!(res.ok == count, "{tag}: {} of {count} requests ok", res.ok);
             if reaction {
@@ -86,10 +95,30 @@ async fn instructions(ctx: &Ctx, server: Server, count: usize) -> anyhow::Result
                     tokio::time::sleep(Duration::from_millis(100)).await;
                 }
             }
+            callgrind_control("-d", pid)?;
             stack.stop();
         }
     }
-    total(&out)
+    // The dump taken right after the requests (the first numbered one);
+    // the file without a number is the rest, up to the exit.
+    total(&out.with_extension("out.1"))
+}
+
+/// Zero (`-z`) or dump (`-d`) the counters of a process running under
+/// callgrind, so that only the requests' window is counted: start-up,
+/// whose length varies under valgrind, is left out.
+fn callgrind_control(action: &str, pid: u32) -> anyhow::Result<()> {
+    let out = std::process::Command::new("callgrind_control")
+        .arg(action)
+        .arg(pid.to_string())
+        .output()
+        .map_err(|e| anyhow::anyhow!("running callgrind_control: {e}"))?;
+    anyhow::ensure!(
+        out.status.success(),
+        "callgrind_control {action} {pid}: {}",
+        String::from_utf8_lossy(&out.stderr).trim()
+    );
+    Ok(())
 }
 
 /// The `summary:` (or `totals:`) line of a callgrind output file.
@@ -121,9 +150,9 @@ pub async fn cpu(ctx: &Ctx) -> anyhow::Result<PhaseOut> {
     let pairs = if ctx.opts.mode == "full" { 3 } else { 1 };
     for server in servers {
         let mut pers = Vec::new();
-        for _ in 0..pairs {
-            let a = instructions(ctx, server, small).await?;
-            let b = instructions(ctx, server, large).await?;
+        for pair in 0..pairs {
+            let a = instructions(ctx, server, small, pair).await?;
+            let b = instructions(ctx, server, large, pair).await?;
             let per = (b as f64 - a as f64) / (large - small) as f64;
             log!(
                 "  {}: {a} instructions for {small} requests, {b} for {large}: {per:.0} per event",
