@@ -284,7 +284,7 @@ pub async fn ack(ctx: &Ctx) -> anyhow::Result<PhaseOut> {
 
 /// Redis INFO commandstats (commands run inside scripts are counted too):
 /// (command, calls, total µs), most time first.
-async fn commandstats(redis: &crate::procs::Redis) -> Vec<(String, u64, f64)> {
+pub(crate) async fn commandstats(redis: &crate::procs::Redis) -> Vec<(String, u64, f64)> {
     let Ok(mut conn) = redis.connection().await else {
         return Vec::new();
     };

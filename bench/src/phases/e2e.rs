@@ -169,6 +169,22 @@ pub async fn e2e(ctx: &Ctx) -> anyhow::Result<PhaseOut> {
         }
     }
     drop(lanes);
+    // Where the goal side's Redis time goes, per reply (the phase's only
+    // traffic on that stack's Redis, apart from start-up and idle polling).
+    let replies: u64 = raw
+        .iter()
+        .filter(|r| r["target"] == "serve-no-reaction")
+        .filter_map(|r| r["done"].as_u64())
+        .sum();
+    let commandstats = super::ack::commandstats(&plain.redis).await;
+    log!("  serve-no-reaction's Redis, per reply ({replies} replies):");
+    for (command, calls, usec) in &commandstats {
+        log!(
+            "    {command:<16} {:>6.2} calls {:>7.2} µs",
+            *calls as f64 / replies.max(1) as f64,
+            usec / replies.max(1) as f64
+        );
+    }
     plain.stop();
     let plain_ratio = ratio_median(&plain_rates, &rf);
     let ratio = ratio_median(&gw, &rf);
@@ -195,7 +211,10 @@ pub async fn e2e(ctx: &Ctx) -> anyhow::Result<PhaseOut> {
     ];
     Ok(PhaseOut {
         rows,
-        raw: json!({"lanes": ctx.opts.lanes(), "rounds": raw}),
+        raw: json!({"lanes": ctx.opts.lanes(), "rounds": raw,
+            "serve_no_reaction_redis_commandstats": commandstats.iter()
+                .map(|(c, calls, usec)| json!({"command": c, "calls": calls, "usec": usec}))
+                .collect::<Vec<_>>()}),
     })
 }
 
