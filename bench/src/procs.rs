@@ -156,6 +156,37 @@ impl Redis {
         Ok(Self { proc, url })
     }
 
+    /// Redis INFO commandstats (commands run inside scripts are counted too):
+    /// (command, calls, total µs), most time first.
+    pub async fn commandstats(&self) -> Vec<(String, u64, f64)> {
+        let Ok(mut conn) = self.connection().await else {
+            return Vec::new();
+        };
+        let info: String = redis::cmd("INFO")
+            .arg("commandstats")
+            .query_async(&mut conn)
+            .await
+            .unwrap_or_default();
+        let mut out: Vec<(String, u64, f64)> = info
+            .lines()
+            .filter_map(|line| {
+                let (name, fields) = line.strip_prefix("cmdstat_")?.split_once(':')?;
+                let field = |key: &str| {
+                    fields
+                        .split(',')
+                        .find_map(|f| f.strip_prefix(key)?.strip_prefix('='))
+                };
+                Some((
+                    name.to_string(),
+                    field("calls")?.parse().ok()?,
+                    field("usec")?.parse().ok()?,
+                ))
+            })
+            .collect();
+        out.sort_by(|a, b| b.2.total_cmp(&a.2));
+        out
+    }
+
     pub async fn connection(&self) -> anyhow::Result<redis::aio::MultiplexedConnection> {
         Ok(redis::Client::open(self.url.as_str())?
             .get_multiplexed_async_connection()
@@ -246,4 +277,12 @@ pub fn callgrind_args(out: &Path) -> Vec<String> {
         // After --toggle-collect, which would turn collection off at start.
         "--collect-atstart=yes".into(),
     ]
+}
+
+/// Commandstats as JSON rows for the raw results.
+pub fn commandstats_json(stats: &[(String, u64, f64)]) -> serde_json::Value {
+    stats
+        .iter()
+        .map(|(c, calls, usec)| serde_json::json!({"command": c, "calls": calls, "usec": usec}))
+        .collect()
 }

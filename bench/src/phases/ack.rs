@@ -199,7 +199,7 @@ pub async fn ack(ctx: &Ctx) -> anyhow::Result<PhaseOut> {
             series.push(r, &runs, cpu_us);
         }
     }
-    let commandstats = commandstats(&alone.redis).await;
+    let commandstats = alone.redis.commandstats().await;
     log!("  gateway's Redis, µs per call by command:");
     for (command, calls, usec) in &commandstats {
         log!(
@@ -276,41 +276,8 @@ pub async fn ack(ctx: &Ctx) -> anyhow::Result<PhaseOut> {
     Ok(PhaseOut {
         rows,
         raw: json!({"serve": sv.raw, "gateway": gw.raw, "reference": rf.raw,
-            "gateway_redis_commandstats": commandstats.iter()
-                .map(|(c, calls, usec)| json!({"command": c, "calls": calls, "usec": usec}))
-                .collect::<Vec<_>>()}),
+            "gateway_redis_commandstats": crate::procs::commandstats_json(&commandstats)}),
     })
-}
-
-/// Redis INFO commandstats (commands run inside scripts are counted too):
-/// (command, calls, total µs), most time first.
-pub(crate) async fn commandstats(redis: &crate::procs::Redis) -> Vec<(String, u64, f64)> {
-    let Ok(mut conn) = redis.connection().await else {
-        return Vec::new();
-    };
-    let info: String = redis::cmd("INFO")
-        .arg("commandstats")
-        .query_async(&mut conn)
-        .await
-        .unwrap_or_default();
-    let mut out: Vec<(String, u64, f64)> = info
-        .lines()
-        .filter_map(|line| {
-            let (name, fields) = line.strip_prefix("cmdstat_")?.split_once(':')?;
-            let field = |key: &str| {
-                fields
-                    .split(',')
-                    .find_map(|f| f.strip_prefix(key)?.strip_prefix('='))
-            };
-            Some((
-                name.to_string(),
-                field("calls")?.parse().ok()?,
-                field("usec")?.parse().ok()?,
-            ))
-        })
-        .collect();
-    out.sort_by(|a, b| b.2.total_cmp(&a.2));
-    out
 }
 
 /// Phase 3: two identical stacks, one idle, one with every slot busy and a

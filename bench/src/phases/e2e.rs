@@ -176,7 +176,7 @@ pub async fn e2e(ctx: &Ctx) -> anyhow::Result<PhaseOut> {
         .filter(|r| r["target"] == "serve-no-reaction")
         .filter_map(|r| r["done"].as_u64())
         .sum();
-    let commandstats = super::ack::commandstats(&plain.redis).await;
+    let commandstats = plain.redis.commandstats().await;
     log!("  serve-no-reaction's Redis, per reply ({replies} replies):");
     for (command, calls, usec) in &commandstats {
         log!(
@@ -212,9 +212,8 @@ pub async fn e2e(ctx: &Ctx) -> anyhow::Result<PhaseOut> {
     Ok(PhaseOut {
         rows,
         raw: json!({"lanes": ctx.opts.lanes(), "rounds": raw,
-            "serve_no_reaction_redis_commandstats": commandstats.iter()
-                .map(|(c, calls, usec)| json!({"command": c, "calls": calls, "usec": usec}))
-                .collect::<Vec<_>>()}),
+            "serve_no_reaction_redis_commandstats":
+                crate::procs::commandstats_json(&commandstats)}),
     })
 }
 
