@@ -246,6 +246,28 @@ pub async fn get_ok(http: &reqwest::Client, addr: SocketAddr, path: &str) -> boo
 
 /// CPU time `pid` has used (user + system), in seconds; 0 when gone.
 pub fn cpu_seconds(pid: u32) -> f64 {
+    stat_seconds(pid, 11)
+}
+
+/// CPU time of `pid`'s children that it has waited for, in seconds.
+pub fn reaped_children_seconds(pid: u32) -> f64 {
+    stat_seconds(pid, 13)
+}
+
+/// CPU time of the stand-in agents `pid` started: those still running
+/// and those it has reaped (all its reaped children, in fact).
+pub fn agents_seconds(pid: u32) -> f64 {
+    reaped_children_seconds(pid)
+        + children(pid)
+            .iter()
+            .filter(|(_, comm)| comm.starts_with("stand-in"))
+            .map(|(child, _)| cpu_seconds(*child))
+            .sum::<f64>()
+}
+
+/// Fields `first` and `first + 1` after the state in /proc/<pid>/stat, as
+/// seconds (utime and stime at 11, cutime and cstime at 13); 0 when gone.
+fn stat_seconds(pid: u32, first: usize) -> f64 {
     let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
         return 0.0;
     };
@@ -261,7 +283,31 @@ pub fn cpu_seconds(pid: u32) -> f64 {
             .unwrap_or(0.0)
     };
     // Linux reports these in USER_HZ, 100 on every platform we run on.
-    (ticks(11) + ticks(12)) / 100.0
+    (ticks(first) + ticks(first + 1)) / 100.0
+}
+
+/// CPU time the whole machine has been busy (every state but idle and
+/// iowait, summed over cores), in seconds; 0 when unreadable.
+pub fn machine_busy_seconds() -> f64 {
+    let Ok(stat) = std::fs::read_to_string("/proc/stat") else {
+        return 0.0;
+    };
+    let Some(cpu) = stat.lines().next() else {
+        return 0.0;
+    };
+    let ticks: Vec<f64> = cpu
+        .split_whitespace()
+        .skip(1)
+        .filter_map(|v| v.parse().ok())
+        .collect();
+    // user nice system idle iowait irq softirq steal ...
+    let busy: f64 = ticks
+        .iter()
+        .enumerate()
+        .filter(|(i, _)| *i != 3 && *i != 4 && *i < 8)
+        .map(|(_, t)| t)
+        .sum();
+    busy / 100.0
 }
 
 /// valgrind's arguments for a callgrind run writing to `out`. One-time

@@ -10,7 +10,7 @@ use serde_json::json;
 
 use crate::events::{Signer, post};
 use crate::pipeline::Lane;
-use crate::procs::Redis;
+use crate::procs::{Redis, agents_seconds, children, cpu_seconds, machine_busy_seconds};
 use crate::report::{PhaseOut, Row, num};
 use crate::stack::StackSpec;
 use crate::stats::{median, ratio_median};
@@ -19,6 +19,99 @@ use crate::{Ctx, log};
 /// Which DM channel message `k` of `lane` goes to in `round`.
 fn channel(tag: &str, round: usize, lane: usize, k: usize, turns: usize) -> String {
     format!("D{tag}{round}l{lane}g{}", k / turns)
+}
+
+/// The processes whose CPU phase 6 accounts for, on one side.
+#[derive(Clone, Copy)]
+struct Sides {
+    /// `switchboard serve` (the gateway); none for the pipeline.
+    serve: Option<u32>,
+    /// The worker process `serve` started; none for the pipeline.
+    worker: Option<u32>,
+    /// Whose stand-in agents count: the worker's, or the bench's.
+    agents_of: u32,
+    redis: u32,
+}
+
+impl Sides {
+    fn gateway(serve: u32, redis: u32) -> Self {
+        let worker = children(serve)
+            .into_iter()
+            .find(|(_, comm)| comm == "switchboard")
+            .map(|(pid, _)| pid);
+        Self {
+            serve: Some(serve),
+            worker,
+            agents_of: worker.unwrap_or(serve),
+            redis,
+        }
+    }
+
+    fn pipeline(redis: u32) -> Self {
+        Self {
+            serve: None,
+            worker: None,
+            agents_of: std::process::id(),
+            redis,
+        }
+    }
+
+    /// CPU seconds used so far by: gateway, worker, agents, Redis, the
+    /// bench process (load, Slack stand-in, the pipeline's own work), and
+    /// the whole machine.
+    fn now(&self) -> [f64; 6] {
+        [
+            self.serve.map_or(0.0, cpu_seconds),
+            self.worker.map_or(0.0, cpu_seconds),
+            agents_seconds(self.agents_of),
+            cpu_seconds(self.redis),
+            cpu_seconds(std::process::id()),
+            machine_busy_seconds(),
+        ]
+    }
+}
+
+/// Where a side's CPU went over its rounds, summed.
+#[derive(Default)]
+struct CpuUse {
+    seconds: [f64; 6],
+    replies: usize,
+}
+
+impl CpuUse {
+    fn add(&mut self, before: [f64; 6], after: [f64; 6], replies: usize) {
+        for (sum, (b, a)) in self.seconds.iter_mut().zip(before.iter().zip(after)) {
+            *sum += a - b;
+        }
+        self.replies += replies;
+    }
+
+    /// µs per reply: gateway, worker, agents, Redis, bench, the rest
+    /// (kernel work not charged to a process, anything else), machine.
+    /// For the pipeline the agents' count includes every child the bench
+    /// reaped meanwhile.
+    fn per_reply(&self) -> [f64; 7] {
+        let n = self.replies.max(1) as f64 * 1e-6;
+        let [gateway, worker, agents, redis, bench, all] = self.seconds.map(|s| s / n);
+        let rest = all - gateway - worker - agents - redis - bench;
+        [gateway, worker, agents, redis, bench, rest, all]
+    }
+
+    fn log(&self, side: &str) {
+        let [gateway, worker, agents, redis, bench, rest, all] = self.per_reply();
+        log!(
+            "  {side} CPU per reply: gateway {gateway:.0} µs, worker {worker:.0} µs, \
+             agents {agents:.0} µs, Redis {redis:.0} µs, bench {bench:.0} µs, \
+             rest {rest:.0} µs, machine {all:.0} µs"
+        );
+    }
+
+    fn json(&self) -> serde_json::Value {
+        let [gateway, worker, agents, redis, bench, rest, all] = self.per_reply();
+        json!({"replies": self.replies, "gateway_us": gateway, "worker_us": worker,
+            "agents_us": agents, "redis_us": redis, "bench_us": bench, "rest_us": rest,
+            "machine_us": all})
+    }
 }
 
 /// One gateway round: messages answered per second.
@@ -138,6 +231,7 @@ pub async fn e2e(ctx: &Ctx) -> anyhow::Result<PhaseOut> {
     let per_lane = ctx.opts.n_e2e / ctx.opts.rounds / ctx.opts.lanes();
     let (mut gw, mut plain_rates, mut rf, mut raw) =
         (Vec::new(), Vec::new(), Vec::new(), Vec::new());
+    let (mut plain_cpu, mut pipeline_cpu) = (CpuUse::default(), CpuUse::default());
     for r in 0..ctx.opts.rounds {
         // Rotate who goes first, so drift over time hits all alike.
         for i in 0..3 {
@@ -150,14 +244,20 @@ pub async fn e2e(ctx: &Ctx) -> anyhow::Result<PhaseOut> {
                     raw.push(json!({"round": r, "target": "serve", "done": done, "per_s": rate}));
                 }
                 1 => {
+                    let sides = Sides::gateway(plain.serve.pid(), plain.redis.proc.pid());
+                    let before = sides.now();
                     let (done, rate) =
                         gateway_round(ctx, &signer, (&plain_url, "n"), r, per_lane).await;
+                    plain_cpu.add(before, sides.now(), done);
                     log!("  round {r} plain   : {done} replies, {rate:.0}/s");
                     plain_rates.push(rate);
                     raw.push(json!({"round": r, "target": "serve-no-reaction", "done": done, "per_s": rate}));
                 }
                 _ => {
+                    let sides = Sides::pipeline(redis.proc.pid());
+                    let before = sides.now();
                     let (back, done, rate) = pipeline_round(ctx, lanes, r, per_lane).await;
+                    pipeline_cpu.add(before, sides.now(), done);
                     lanes = back;
                     log!("  round {r} pipeline: {done} replies, {rate:.0}/s");
                     rf.push(rate);
@@ -169,6 +269,8 @@ pub async fn e2e(ctx: &Ctx) -> anyhow::Result<PhaseOut> {
         }
     }
     drop(lanes);
+    plain_cpu.log("serve-no-reaction");
+    pipeline_cpu.log("pipeline");
     // Where the goal side's Redis time goes, per reply (the phase's only
     // traffic on that stack's Redis, apart from start-up and idle polling).
     let replies: u64 = raw
@@ -212,6 +314,8 @@ pub async fn e2e(ctx: &Ctx) -> anyhow::Result<PhaseOut> {
     Ok(PhaseOut {
         rows,
         raw: json!({"lanes": ctx.opts.lanes(), "rounds": raw,
+            "cpu_per_reply": {"serve_no_reaction": plain_cpu.json(),
+                "pipeline": pipeline_cpu.json()},
             "serve_no_reaction_redis_commandstats":
                 crate::procs::commandstats_json(&commandstats)}),
     })
