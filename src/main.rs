@@ -91,7 +91,7 @@ fn main() -> ExitCode {
         Command::Chat { session } => return chat(settings, session),
     };
     switchboard::telemetry::init_logging(&settings.log);
-    let runtime = match tokio::runtime::Runtime::new() {
+    let runtime = match runtime_for(role) {
         Ok(runtime) => runtime,
         Err(e) => {
             eprintln!("switchboard: cannot start the async runtime: {e}");
@@ -107,6 +107,20 @@ fn main() -> ExitCode {
             eprintln!("switchboard: {e:#}");
             ExitCode::FAILURE
         }
+    }
+}
+
+/// The async runtime for `role`. A worker relays lines between Redis and
+/// its agents' pipes, and the agents do the work: one thread serves it,
+/// without the cross-thread wake-ups of a multi-threaded runtime (measured
+/// on 2 cores: about a tenth of the worker's CPU per reply). The gateway
+/// (ingress, egress, admin) uses every core.
+fn runtime_for(role: Role) -> std::io::Result<tokio::runtime::Runtime> {
+    match role {
+        Role::Worker => tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build(),
+        Role::Serve | Role::Gateway => tokio::runtime::Runtime::new(),
     }
 }
 
