@@ -202,44 +202,63 @@ async fn claim_loop(shared: &Arc<Shared>, turns: &TaskTracker, shutdown: &Cancel
                     tracing::warn!(error = %e, "could not set aside a batch that waited too long");
                 }
             }
-            Ok(ClaimOutcome::Claimed(claim)) => match assign_slot(shared, &claim, shutdown).await {
-                Some(assignment) => {
-                    if !matches!(assignment, Assignment::Warm { .. }) {
-                        // A fresh slot was taken (or an idle one evicted):
-                        // start its replacement now, so the next new
-                        // conversation finds one ready.
-                        shared.replenish.notify_one();
-                    }
-                    metrics::counter!("switchboard_pool_claims_total", "slot" => assignment.label())
-                        .increment(1);
-                    turns.spawn(super::turn::run(shared.clone(), *claim, assignment));
+            Ok(ClaimOutcome::Claimed(claim)) => {
+                let more_ready = claim.more_ready;
+                start_turn(shared, turns, shutdown, claim).await;
+                if !more_ready {
+                    wait_for_work(shared, shutdown).await;
                 }
-                None => {
-                    // No slot came back in time (or we are stopping): hand
-                    // the conversation back rather than hold it.
-                    tracing::warn!("claimed but no slot became available; handing it back");
-                    let _ = shared
-                        .queue
-                        .fail(&claim.lease, "no slot available", true)
-                        .await;
-                }
-            },
+            }
             Ok(ClaimOutcome::DeadLettered { conversation }) => {
                 tracing::warn!(%conversation, "batch out of attempts: dead-lettered");
             }
-            Ok(ClaimOutcome::Empty) => {
-                tokio::select! {
-                    _ = shutdown.cancelled() => return,
-                    result = shared.queue.wait_for_work(&shared.id, shared.settings.blocking_read) => {
-                        if let Err(e) = result {
-                            tracing::warn!(error = %e, "waiting for work failed");
-                            backoff(shutdown).await;
-                        }
-                    }
-                }
-            }
+            Ok(ClaimOutcome::Empty) => wait_for_work(shared, shutdown).await,
             Err(e) => {
                 tracing::warn!(error = %e, "claim failed");
+                backoff(shutdown).await;
+            }
+        }
+    }
+}
+
+/// Put a claimed conversation on a slot and start its turn, or hand it back.
+async fn start_turn(
+    shared: &Arc<Shared>,
+    turns: &TaskTracker,
+    shutdown: &CancellationToken,
+    claim: Box<Claim>,
+) {
+    match assign_slot(shared, &claim, shutdown).await {
+        Some(assignment) => {
+            if !matches!(assignment, Assignment::Warm { .. }) {
+                // A fresh slot was taken (or an idle one evicted):
+                // start its replacement now, so the next new
+                // conversation finds one ready.
+                shared.replenish.notify_one();
+            }
+            metrics::counter!("switchboard_pool_claims_total", "slot" => assignment.label())
+                .increment(1);
+            turns.spawn(super::turn::run(shared.clone(), *claim, assignment));
+        }
+        None => {
+            // No slot came back in time (or we are stopping): hand
+            // the conversation back rather than hold it.
+            tracing::warn!("claimed but no slot became available; handing it back");
+            let _ = shared
+                .queue
+                .fail(&claim.lease, "no slot available", true)
+                .await;
+        }
+    }
+}
+
+/// Block until a wake-up (or `blocking_read` passes, or we are stopping).
+async fn wait_for_work(shared: &Shared, shutdown: &CancellationToken) {
+    tokio::select! {
+        _ = shutdown.cancelled() => {}
+        result = shared.queue.wait_for_work(&shared.id, shared.settings.blocking_read) => {
+            if let Err(e) = result {
+                tracing::warn!(error = %e, "waiting for work failed");
                 backoff(shutdown).await;
             }
         }

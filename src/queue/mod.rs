@@ -262,14 +262,16 @@ impl Queue {
         let k = self.keys().shard(shard);
         let ttl = Self::ms(self.settings().lease_ttl);
         let mut conn = self.conn().await?;
-        let popped: Option<String> = ScriptCall::new(&self.scripts().pop, k.pop_keys())
+        let popped: Option<(String, String)> = ScriptCall::new(&self.scripts().pop, k.pop_keys())
             .arg(worker)
             .arg(ttl)
             .invoke(&mut conn)
             .await?;
-        let Some(cid) = popped else {
+        let Some((cid, more)) = popped else {
             return Ok(Some(ClaimOutcome::Empty));
         };
+        // With more than one shard, another shard may hold work.
+        let more_ready = more == "1" || self.keys().shards() > 1;
         let cid = ConversationId::new(cid);
         let reply: Vec<String> = ScriptCall::new(&self.scripts().claim, k.turn_end_keys(&cid))
             .arg(&cid)
@@ -281,9 +283,11 @@ impl Queue {
             .invoke(&mut conn)
             .await?;
         match reply.first().map(String::as_str) {
-            Some("claimed") => Ok(Some(ClaimOutcome::Claimed(Box::new(parse_claim(
-                cid, worker, slot, &reply,
-            )?)))),
+            Some("claimed") => {
+                let mut claim = parse_claim(cid, worker, slot, &reply)?;
+                claim.more_ready = more_ready;
+                Ok(Some(ClaimOutcome::Claimed(Box::new(claim))))
+            }
             Some("dead") => Ok(Some(ClaimOutcome::DeadLettered { conversation: cid })),
             Some("stale") | Some("lost") => Ok(None),
             _ => Err(protocol("claim", format!("{reply:?}"))),
@@ -341,6 +345,7 @@ fn parse_claim(
         session_id: Some(reply[7].clone()).filter(|s| !s.is_empty()),
         destination: serde_json::from_str(&reply[8]).ok(),
         messages,
+        more_ready: true,
     })
 }
 

@@ -106,6 +106,9 @@ pub struct Claim {
     /// The agent's session id, when one was saved.
     pub session_id: Option<String>,
     pub destination: Option<Destination>,
+    /// Whether more may be ready for this worker right away: when false,
+    /// the worker waits for a wake-up instead of popping an empty queue.
+    pub more_ready: bool,
 }
 
 /// The outcome of claiming.
@@ -187,6 +190,9 @@ pub struct OutboxEntry {
     /// or answers (`Final`: their acknowledgements can be removed).
     pub acks: Vec<String>,
     pub at_ms: u64,
+    /// Where the reply goes, when the entry carries it (final replies
+    /// do); else egress reads the conversation's.
+    pub destination: Option<Destination>,
 }
 
 /// What an outbox entry asks egress to do.
