@@ -188,9 +188,10 @@ impl Egress {
     }
 
     async fn deliver(&self, entry: &OutboxEntry, cached: &mut Option<Destination>) -> Delivered {
-        let destination = match cached {
-            Some(d) => d,
-            None => match self.inner.queue.destination(&entry.conversation).await {
+        let destination = match (cached, &entry.destination) {
+            (_, Some(d)) => d,
+            (Some(d), None) => d,
+            (cached, None) => match self.inner.queue.destination(&entry.conversation).await {
                 Ok(Some(d)) => cached.insert(d),
                 Ok(None) => {
                     return Delivered::Dead("conversation record is gone; no destination".into());

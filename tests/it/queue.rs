@@ -49,6 +49,43 @@ async fn messages_arriving_during_a_turn_become_the_next_batch_in_order() {
 }
 
 #[tokio::test]
+async fn a_claim_says_whether_more_is_ready_so_the_worker_need_not_pop_an_empty_queue() {
+    let redis = TestRedis::start();
+    let (queue, _) = test_queue(&redis, "more", fast_settings());
+    let w = worker("w1");
+    enqueue(&queue, "c1", 0).await;
+    enqueue(&queue, "c2", 0).await;
+    let first = claim(&queue, &w).await.expect("claim c1");
+    assert!(first.more_ready, "c2 is still ready");
+    let second = claim(&queue, &w).await.expect("claim c2");
+    assert!(!second.more_ready, "nothing else is ready");
+    // Routed to this worker's own queue (affinity): counted there too.
+    queue.heartbeat(&w).await.expect("heartbeat");
+    for c in [&first, &second] {
+        commit_owned(&queue, c, "done", (&w, 0, 1)).await;
+    }
+    enqueue(&queue, "c1", 1).await;
+    enqueue(&queue, "c2", 1).await;
+    let first = claim(&queue, &w).await.expect("claim c1 again");
+    assert!(first.more_ready, "c2 waits in the affinity queue");
+    let second = claim(&queue, &w).await.expect("claim c2 again");
+    assert!(!second.more_ready);
+}
+
+#[tokio::test]
+async fn a_final_reply_carries_its_destination_to_egress() {
+    let redis = TestRedis::start();
+    let (queue, _) = test_queue(&redis, "dest", fast_settings());
+    enqueue(&queue, "c1", 0).await;
+    let c = claim(&queue, &worker("w")).await.expect("claim");
+    queue.commit(&c.lease, &reply("one")).await.expect("commit");
+    let entries = queue.outbox_entries(0).await.expect("outbox");
+    let last = entries.last().expect("a final reply");
+    assert_eq!(last.kind, OutboxKind::Final);
+    assert_eq!(last.destination, Some(dest()));
+}
+
+#[tokio::test]
 async fn a_duplicate_enqueue_is_not_queued_twice() {
     let redis = TestRedis::start();
     let (queue, _) = test_queue(&redis, "dupe", fast_settings());
@@ -288,13 +325,7 @@ async fn affinity_routes_to_a_live_owner_and_falls_back_when_its_heartbeat_expir
     queue.heartbeat(&other).await.expect("hb");
     enqueue(&queue, "c1", 0).await;
     let c = claim(&queue, &owner).await.expect("claim");
-    let mut commit = reply("hi");
-    commit.owner = Some(Owner {
-        worker: owner.clone(),
-        slot: 3,
-        generation: 7,
-    });
-    queue.commit(&c.lease, &commit).await.expect("commit");
+    commit_owned(&queue, &c, "hi", (&owner, 3, 7)).await;
     // A follow-up is routed to the owner: the other worker cannot take it.
     enqueue(&queue, "c1", 1).await;
     assert!(claim(&queue, &other).await.is_none());
@@ -309,7 +340,7 @@ async fn affinity_routes_to_a_live_owner_and_falls_back_when_its_heartbeat_expir
             generation: 7
         })
     );
-    queue.commit(&c.lease, &commit).await.expect("commit");
+    commit_owned(&queue, &c, "hi", (&owner, 3, 7)).await;
     // The owner goes quiet: its routed work returns to the shared queue.
     enqueue(&queue, "c1", 2).await;
     assert!(claim(&queue, &other).await.is_none());
@@ -346,13 +377,7 @@ async fn a_deregistered_worker_hands_back_its_routed_work_at_once() {
     queue.heartbeat(&owner).await.expect("hb");
     enqueue(&queue, "c1", 0).await;
     let c = claim(&queue, &owner).await.expect("claim");
-    let mut commit = reply("hi");
-    commit.owner = Some(Owner {
-        worker: owner.clone(),
-        slot: 0,
-        generation: 1,
-    });
-    queue.commit(&c.lease, &commit).await.expect("commit");
+    commit_owned(&queue, &c, "hi", (&owner, 0, 1)).await;
     enqueue(&queue, "c1", 1).await;
     enqueue(&queue, "c2", 0).await;
     let held = claim(&queue, &owner).await.expect("owner holds one");

@@ -5,7 +5,8 @@ use std::time::Duration;
 use switchboard::config::{RedisSettings, Secret};
 use switchboard::domain::{ConversationId, Destination, InboundMessage};
 use switchboard::queue::{
-    Claim, ClaimOutcome, Commit, EnqueueMode, Enqueued, OutboxKind, Queue, QueueSettings, WorkerId,
+    Claim, ClaimOutcome, Commit, EnqueueMode, Enqueued, OutboxKind, Owner, Queue, QueueSettings,
+    WorkerId,
 };
 
 use crate::helpers::{TestRedis, unique_prefix};
@@ -90,6 +91,23 @@ pub fn reply(text: &str) -> Commit {
         final_seq: 1_000,
         session: None,
     }
+}
+
+/// Commit `claim` with `text`, keeping the session on `worker`'s `slot`
+/// (generation `generation`), so its follow-ups are routed back there.
+pub async fn commit_owned(
+    queue: &Queue,
+    claim: &Claim,
+    text: &str,
+    (worker, slot, generation): (&WorkerId, u32, u64),
+) {
+    let mut commit = reply(text);
+    commit.owner = Some(Owner {
+        worker: worker.clone(),
+        slot,
+        generation,
+    });
+    queue.commit(&claim.lease, &commit).await.expect("commit");
 }
 
 /// Final (non-progress) outbox entries: (reply id, text, error).

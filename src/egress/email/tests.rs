@@ -14,6 +14,7 @@ fn entry(reply_id: &str) -> OutboxEntry {
         error: None,
         acks: vec![],
         at_ms: 0,
+        destination: None,
     }
 }
 

@@ -15,11 +15,13 @@ if ARGV[9] ~= '' then
 end
 local batch_end = redis.call('HGET', conv, 'batch_end')
 local acks = batch_acks(inbox, batch_end)
+-- The destination goes with the reply, so egress need not read it back.
+local dest = redis.call('HGET', conv, 'dest') or ''
 for i = 11, #ARGV do
   local part = i - 11
   redis.call('XADD', KEYS[9], '*', 'kind', 'final', 'cid', cid,
     'reply_id', cid .. '/' .. batch_end .. '/' .. part, 'part', part,
-    'seq', ARGV[8], 'text', ARGV[i], 'acks', acks, 'at_ms', now)
+    'seq', ARGV[8], 'text', ARGV[i], 'acks', acks, 'at_ms', now, 'dest', dest)
 end
 trim_batch(inbox, batch_end)
 redis.call('HINCRBY', conv, 'turns', 1)
