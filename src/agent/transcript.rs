@@ -91,6 +91,117 @@ pub async fn read(slot: &SlotDirs, session_id: &str) -> Result<Vec<u8>, Transcri
     }
 }
 
+/// How many of a stored transcript's last bytes are kept to check that the
+/// file still begins with what was stored.
+const TAIL: usize = 64;
+
+/// What was last stored of a session's transcript: enough to send only
+/// what the agent appended since (the CLI appends to its JSONL file).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Stored {
+    pub session_id: String,
+    /// Bytes stored.
+    pub len: u64,
+    /// The stored transcript's last bytes (up to 64).
+    tail: Vec<u8>,
+}
+
+impl Stored {
+    /// `transcript`, stored whole for `session_id`.
+    pub fn of(session_id: &str, transcript: &[u8]) -> Self {
+        Self {
+            session_id: session_id.to_string(),
+            len: transcript.len() as u64,
+            tail: transcript[transcript.len().saturating_sub(TAIL)..].to_vec(),
+        }
+    }
+
+    /// This, followed by `more`.
+    fn then(&self, more: &[u8]) -> Self {
+        let mut tail = self.tail.clone();
+        tail.extend_from_slice(more);
+        let cut = tail.len().saturating_sub(TAIL);
+        tail.drain(..cut);
+        Self {
+            session_id: self.session_id.clone(),
+            len: self.len + more.len() as u64,
+            tail,
+        }
+    }
+}
+
+/// A transcript read for storing: `bytes` from `offset` on (0: whole).
+#[derive(Debug)]
+pub struct NewPart {
+    pub bytes: Vec<u8>,
+    pub offset: u64,
+    /// What is stored once these bytes are.
+    pub stored: Stored,
+}
+
+/// The transcript of `session_id` in `slot`, from where `stored` ends when
+/// it is this session's and the file still begins with it (else whole).
+pub async fn read_new(
+    slot: &SlotDirs,
+    session_id: &str,
+    stored: Option<&Stored>,
+) -> Result<NewPart, TranscriptError> {
+    let path = path(&slot.config, &slot.work, session_id)?;
+    let stored = stored.filter(|s| s.session_id == session_id).cloned();
+    let session_id = session_id.to_string();
+    let io = |source, path| TranscriptError::Io {
+        what: "reading transcript",
+        path,
+        source,
+    };
+    // One hop to a blocking thread for the whole read, not one per call.
+    let read = {
+        let path = path.clone();
+        tokio::task::spawn_blocking(move || read_new_blocking(&path, &session_id, stored))
+    };
+    match read.await {
+        Ok(Ok(part)) => Ok(part),
+        Ok(Err(e)) if e.kind() == std::io::ErrorKind::NotFound => {
+            Err(TranscriptError::Missing(path))
+        }
+        Ok(Err(e)) => Err(io(e, path)),
+        Err(e) => Err(io(std::io::Error::other(e), path)),
+    }
+}
+
+fn read_new_blocking(
+    path: &Path,
+    session_id: &str,
+    stored: Option<Stored>,
+) -> std::io::Result<NewPart> {
+    use std::io::{Read, Seek, SeekFrom};
+    let mut file = std::fs::File::open(path)?;
+    let len = file.metadata()?.len();
+    if let Some(stored) = stored.filter(|s| s.len > 0 && s.len <= len) {
+        let start = stored.len - stored.tail.len() as u64;
+        file.seek(SeekFrom::Start(start))?;
+        let mut bytes = Vec::with_capacity(usize::try_from(len - start).unwrap_or(0));
+        file.read_to_end(&mut bytes)?;
+        if bytes.starts_with(&stored.tail) {
+            let bytes = bytes.split_off(stored.tail.len());
+            return Ok(NewPart {
+                offset: stored.len,
+                stored: stored.then(&bytes),
+                bytes,
+            });
+        }
+        // Rewritten, not appended to: store it whole.
+        file.seek(SeekFrom::Start(0))?;
+    }
+    let mut bytes = Vec::with_capacity(usize::try_from(len).unwrap_or(0));
+    file.read_to_end(&mut bytes)?;
+    Ok(NewPart {
+        stored: Stored::of(session_id, &bytes),
+        offset: 0,
+        bytes,
+    })
+}
+
 /// Put a transcript read elsewhere into `slot`, under the slot's own working
 /// directory, so a process started there with `--resume session_id`
 /// continues it. The file is handed to `agent.user` when the process starts.
@@ -158,6 +269,41 @@ mod tests {
             assert!(validate_session_id(bad).is_err(), "{bad:?}");
         }
         assert!(validate_session_id("abc-DEF_123").is_ok());
+    }
+
+    #[tokio::test]
+    async fn only_what_was_appended_since_the_last_store_is_read() {
+        let base = tempfile::tempdir().expect("tempdir");
+        let a = SlotDirs::new(base.path(), "a").expect("slot a");
+        let first = "{\"turn\":1}\n".repeat(10);
+        write(&a, "s1", first.as_bytes()).await.expect("write");
+        let whole = read_new(&a, "s1", None).await.expect("read whole");
+        assert_eq!(
+            (whole.offset, whole.bytes.as_slice()),
+            (0, first.as_bytes())
+        );
+        // The agent appends a turn: only that is read.
+        let file = path(&a.config, &a.work, "s1").expect("path");
+        let second = format!("{first}{{\"turn\":2}}\n");
+        std::fs::write(&file, &second).expect("append");
+        let part = read_new(&a, "s1", Some(&whole.stored))
+            .await
+            .expect("read part");
+        assert_eq!(part.offset, first.len() as u64);
+        assert_eq!(part.bytes, b"{\"turn\":2}\n");
+        assert_eq!(part.stored, Stored::of("s1", second.as_bytes()));
+        // Another session's record, or a file rewritten rather than
+        // appended to, is read whole.
+        let other = read_new(&a, "s1", Some(&Stored::of("s2", first.as_bytes())))
+            .await
+            .expect("read other");
+        assert_eq!(other.offset, 0);
+        let rewritten = second.replace("turn", "TURN");
+        std::fs::write(&file, &rewritten).expect("rewrite");
+        let again = read_new(&a, "s1", Some(&part.stored))
+            .await
+            .expect("read rewritten");
+        assert_eq!((again.offset, again.bytes), (0, rewritten.into_bytes()));
     }
 
     #[tokio::test]

@@ -49,6 +49,9 @@ pub struct SlotMeta {
     /// The pool shrank past this slot: it takes no new conversation and is
     /// stopped as soon as it is idle.
     pub retiring: bool,
+    /// What this slot last stored of a session's transcript (in Redis), so
+    /// the next commit sends only what the agent appended since.
+    pub stored: Option<crate::agent::transcript::Stored>,
 }
 
 impl SlotMeta {
@@ -65,6 +68,7 @@ impl SlotMeta {
             started_at: None,
             started: None,
             retiring: false,
+            stored: None,
         }
     }
 

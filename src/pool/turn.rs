@@ -110,7 +110,11 @@ async fn restore_session(shared: &Shared, claim: &Claim, slot: u32) -> SessionSt
         Err(e) => Err(e.to_string()),
     };
     match written {
-        Ok(()) => SessionStart::Resume(session_id.clone()),
+        Ok(()) => {
+            lock(&shared.table)[slot as usize].stored =
+                Some(transcript::Stored::of(session_id, &transcript));
+            SessionStart::Resume(session_id.clone())
+        }
         Err(e) => {
             tracing::warn!(error = %e, "could not restore the transcript; starting a new one");
             SessionStart::New
@@ -213,8 +217,9 @@ async fn commit(
         .session_id
         .clone()
         .or_else(|| process.session_id().map(String::from));
-    let session = match session_id {
-        Some(id) => read_transcript(shared, slot, id).await,
+    let stored = lock(&shared.table)[slot as usize].stored.clone();
+    let mut session = match &session_id {
+        Some(id) => read_transcript(shared, slot, id, stored.as_ref()).await,
         None => None,
     };
     let recycle = needs_recycle(shared, slot, process);
@@ -225,21 +230,35 @@ async fn commit(
         generation,
     });
     let keep = owner.is_some();
-    let commit = Commit {
+    let now_stored = session.as_ref().map(|(_, stored)| stored.clone());
+    let mut commit = Commit {
         parts: vec![result.text],
         owner,
         cost_usd: result.cost_usd,
         final_seq: FINAL_SEQ,
-        session,
+        session: session.take().map(|(save, _)| save),
     };
     // The cost was spent whether or not the commit lands, so it is charged
     // alongside (its keys live in another shard), not after it.
-    let (committed, ()) = tokio::join!(
+    let (mut committed, ()) = tokio::join!(
         shared.queue.commit(&claim.lease, &commit),
         charge(shared, claim, commit.cost_usd)
     );
+    let mut now_stored = now_stored;
+    if let (Err(QueueError::SessionMismatch(_)), Some(id)) = (&committed, &session_id) {
+        // The stored transcript is not what this slot last stored (it
+        // moved on elsewhere, or expired): store it whole.
+        tracing::info!("stored session differs from this slot's; storing the transcript whole");
+        let whole = read_transcript(shared, slot, id, None).await;
+        now_stored = whole.as_ref().map(|(_, stored)| stored.clone());
+        commit.session = whole.map(|(save, _)| save);
+        committed = shared.queue.commit(&claim.lease, &commit).await;
+    }
     match committed {
         Ok(()) => {
+            if now_stored.is_some() {
+                lock(&shared.table)[slot as usize].stored = now_stored;
+            }
             timing(claim, "committed");
             metrics::counter!("switchboard_pool_turns_total", "outcome" => "committed")
                 .increment(1);
@@ -284,16 +303,30 @@ async fn charge(shared: &Shared, claim: &Claim, cost_usd: f64) {
     }
 }
 
-/// The session to store with the commit, so any slot can resume it.
-async fn read_transcript(shared: &Shared, slot: u32, id: String) -> Option<SessionSave> {
-    let bytes = match slot_dirs(shared, slot) {
-        Ok(dirs) => transcript::read(&dirs, &id)
+/// The session to store with the commit, so any slot can resume it: only
+/// what was appended since `stored`, when that is this session's. With
+/// what will be stored once it is.
+async fn read_transcript(
+    shared: &Shared,
+    slot: u32,
+    id: &str,
+    stored: Option<&transcript::Stored>,
+) -> Option<(SessionSave, transcript::Stored)> {
+    let part = match slot_dirs(shared, slot) {
+        Ok(dirs) => transcript::read_new(&dirs, id, stored)
             .await
             .map_err(|e| e.to_string()),
         Err(e) => Err(e.to_string()),
     };
-    match bytes {
-        Ok(transcript) => Some(SessionSave { id, transcript }),
+    match part {
+        Ok(part) => Some((
+            SessionSave {
+                id: id.to_string(),
+                transcript: part.bytes,
+                offset: part.offset,
+            },
+            part.stored,
+        )),
         // The command driver keeps no transcript; nothing to save.
         Err(e) => {
             tracing::debug!(error = %e, "no transcript to save");

@@ -56,6 +56,10 @@ pub enum QueueError {
     },
     #[error("cannot encode or decode a queued message: {0}")]
     Codec(#[from] serde_json::Error),
+    /// A commit's transcript continues a stored session that is not there
+    /// (another session, or another length): nothing was written.
+    #[error("the stored session of {0} does not end where the transcript's new part begins")]
+    SessionMismatch(ConversationId),
 }
 
 impl QueueError {

@@ -121,8 +121,8 @@ impl Queue {
             .arg(Self::ms(self.settings().idle_ttl))
             .arg(commit.final_seq);
         call = match &commit.session {
-            Some(s) => call.arg(&s.id).arg_bytes(&s.transcript),
-            None => call.arg("").arg(""),
+            Some(s) => call.arg(&s.id).arg_bytes(&s.transcript).arg(s.offset),
+            None => call.arg("").arg("").arg(0),
         };
         for part in &commit.parts {
             call = call.arg(part);
@@ -140,6 +140,9 @@ impl Queue {
             // The script woke the owner it routed a next batch to.
             Some("ok") => Ok(()),
             Some("fenced") => Err(self.fenced(lease)),
+            Some("session_mismatch") => {
+                Err(QueueError::SessionMismatch(lease.conversation.clone()))
+            }
             _ => Err(super::protocol("commit", format!("{reply:?}"))),
         }
     }

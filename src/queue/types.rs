@@ -140,11 +140,20 @@ pub struct Commit {
     pub session: Option<SessionSave>,
 }
 
-/// An agent session to store: its resume id and transcript.
+/// An agent session to store: its resume id and transcript, whole or
+/// only what was appended since the last save.
 #[derive(Debug, Clone)]
 pub struct SessionSave {
     pub id: String,
+    /// The transcript's bytes from `offset` on.
     pub transcript: Vec<u8>,
+    /// 0: `transcript` is the whole transcript. Otherwise it continues the
+    /// stored one of the same session, which must be `offset` bytes long
+    /// (else the commit is refused with [`QueueError::SessionMismatch`]
+    /// and nothing is written: send the whole transcript instead).
+    ///
+    /// [`QueueError::SessionMismatch`]: super::QueueError::SessionMismatch
+    pub offset: u64,
 }
 
 /// The outcome of a failed turn.

@@ -233,6 +233,7 @@ async fn conversation_in_a_process_holding_secrets() {
     eprintln!("claude cli: spawn to ready {} ms", ready.as_millis());
     assert_no_secrets(pid);
     let mut session = None;
+    let mut stored: Option<transcript::Stored> = None;
     for n in 1..=3 {
         let result = ok_turn(&mut a, texts[n - 1]).await;
         eprintln!(
@@ -244,6 +245,18 @@ async fn conversation_in_a_process_holding_secrets() {
         assert_eq!(a.pid(), Some(pid), "the same warm process");
         let id = result.session_id.clone().expect("session id");
         assert_eq!(session.get_or_insert(id.clone()), &id, "one session");
+        // The CLI appends each turn to its transcript: a commit stores only
+        // the new part (read whole, it would continue what was stored).
+        let part = transcript::read_new(&slot_a, &id, stored.as_ref())
+            .await
+            .expect("transcript");
+        let whole = transcript::read(&slot_a, &id).await.expect("transcript");
+        if let Some(before) = &stored {
+            assert_eq!(part.offset, before.len, "turn {n} only appended");
+            assert!(part.bytes.len() < whole.len());
+        }
+        assert_eq!(part.stored, transcript::Stored::of(&id, &whole));
+        stored = Some(part.stored);
     }
     let session = session.expect("session id");
     assert_eq!(a.session_id(), Some(session.as_str()));

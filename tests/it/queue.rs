@@ -5,7 +5,7 @@ use std::time::Duration;
 use switchboard::domain::{ConversationId, Destination};
 use switchboard::queue::{
     ClaimOutcome, EnqueueMode, Enqueued, FailOutcome, LeaseKeeper, OutboxKind, Owner, Queue,
-    QueueError,
+    QueueError, SessionSave,
 };
 
 use crate::helpers::*;
@@ -480,6 +480,56 @@ async fn sessions_are_saved_only_under_the_lease() {
     enqueue(&queue, "c1", 1).await;
     let c = claim(&queue, &worker("w")).await.expect("claim");
     assert_eq!(c.session_id.as_deref(), Some("sess-1"));
+}
+
+#[tokio::test]
+async fn a_commit_appends_the_new_part_of_a_transcript_only_onto_what_it_continues() {
+    let redis = TestRedis::start();
+    let (queue, _) = test_queue(&redis, "append", fast_settings());
+    let cid = ConversationId::new("c1");
+    let with_session = |text: &str, transcript: &[u8], offset: u64| {
+        let mut commit = reply(text);
+        commit.session = Some(SessionSave {
+            id: "sess-1".into(),
+            transcript: transcript.to_vec(),
+            offset,
+        });
+        commit
+    };
+    for (n, line, offset) in [(0, "line 1\n", 0), (1, "line 2\n", 7)] {
+        enqueue(&queue, "c1", n).await;
+        let c = claim(&queue, &worker("w")).await.expect("claim");
+        queue
+            .commit(&c.lease, &with_session("reply", line.as_bytes(), offset))
+            .await
+            .expect("commit whole, then the appended part");
+    }
+    let stored = queue.load_session(&cid).await.expect("load");
+    assert_eq!(stored.as_deref(), Some(&b"line 1\nline 2\n"[..]));
+    // A part that does not continue the stored transcript writes nothing,
+    // not even the reply; sent whole, it commits.
+    enqueue(&queue, "c1", 2).await;
+    let c = claim(&queue, &worker("w")).await.expect("claim");
+    assert!(matches!(
+        queue
+            .commit(&c.lease, &with_session("three", b"line 3\n", 7))
+            .await,
+        Err(QueueError::SessionMismatch(_))
+    ));
+    assert_eq!(finals(&queue).await.len(), 2);
+    assert_eq!(
+        queue.load_session(&cid).await.expect("load").as_deref(),
+        Some(&b"line 1\nline 2\n"[..])
+    );
+    queue
+        .commit(&c.lease, &with_session("three", b"whole\n", 0))
+        .await
+        .expect("commit whole again");
+    assert_eq!(
+        queue.load_session(&cid).await.expect("load").as_deref(),
+        Some(&b"whole\n"[..])
+    );
+    assert_eq!(finals(&queue).await.len(), 3);
 }
 
 #[tokio::test]
