@@ -91,7 +91,7 @@ fn main() -> ExitCode {
         Command::Chat { session } => return chat(settings, session),
     };
     switchboard::telemetry::init_logging(&settings.log);
-    let runtime = match runtime_for(role) {
+    let runtime = match runtime(settings.threads) {
         Ok(runtime) => runtime,
         Err(e) => {
             eprintln!("switchboard: cannot start the async runtime: {e}");
@@ -110,18 +110,25 @@ fn main() -> ExitCode {
     }
 }
 
-/// The async runtime for `role`. A worker relays lines between Redis and
-/// its agents' pipes, and the agents do the work: one thread serves it,
-/// without the cross-thread wake-ups of a multi-threaded runtime (measured
-/// on 2 cores: about a tenth of the worker's CPU per reply). The gateway
-/// (ingress, egress, admin) uses every core.
-fn runtime_for(role: Role) -> std::io::Result<tokio::runtime::Runtime> {
-    match role {
-        Role::Worker => tokio::runtime::Builder::new_current_thread()
+/// The async runtime, on `threads` threads (0: one per core). One thread
+/// is the default: a gateway's Redis saturates before one core of event
+/// handling does (about 20 µs of gateway CPU per Slack event against 22 µs
+/// in its Redis), a worker relays lines between Redis and its agents'
+/// pipes, and every hand-off between runtime threads is a futex wake-up.
+/// On 2 cores (docs/performance.md) one thread took a fifth less CPU per
+/// reply in the gateway and a tenth less in the worker, with no loss of
+/// ingress throughput. Scale a gateway out with replicas.
+fn runtime(threads: u16) -> std::io::Result<tokio::runtime::Runtime> {
+    if threads == 1 {
+        return tokio::runtime::Builder::new_current_thread()
             .enable_all()
-            .build(),
-        Role::Serve | Role::Gateway => tokio::runtime::Runtime::new(),
+            .build();
     }
+    let mut builder = tokio::runtime::Builder::new_multi_thread();
+    if threads > 1 {
+        builder.worker_threads(usize::from(threads));
+    }
+    builder.enable_all().build()
 }
 
 fn redis_acl(settings: &Settings, setuser: bool) -> ExitCode {

@@ -49,6 +49,9 @@ pub struct Settings {
     /// How long a stop (SIGINT/SIGTERM) may take before what is left is killed.
     #[serde(with = "humantime_serde")]
     pub shutdown_timeout: std::time::Duration,
+    /// Threads of this process's async runtime: 1 (the default) runs it on
+    /// one thread; 0 uses one per core. See README "Sizing the gateway".
+    pub threads: u16,
     /// Where Switchboard keeps its runtime files (the workers' config).
     pub data_dir: PathBuf,
     pub log: LogSettings,
@@ -138,6 +141,9 @@ impl Settings {
 
     /// Checks that types alone cannot express.
     pub fn validate(&self) -> Result<(), ConfigError> {
+        if self.threads > 1024 {
+            return invalid("threads", "must be at most 1024 (0: one per core)");
+        }
         if self.redis.pool_size == 0 {
             return invalid("redis.pool_size", "must be at least 1");
         }

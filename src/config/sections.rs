@@ -14,6 +14,7 @@ impl Default for super::Settings {
     fn default() -> Self {
         Self {
             shutdown_timeout: Duration::from_secs(30),
+            threads: 1,
             data_dir: PathBuf::from("switchboard-data"),
             log: LogSettings::default(),
             gateway: GatewaySettings::default(),

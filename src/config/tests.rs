@@ -25,6 +25,17 @@ fn bad_duration_is_rejected() {
 }
 
 #[test]
+fn runtime_threads_default_to_one_and_are_bounded() {
+    assert_eq!(Settings::from_toml_str("").expect("defaults").threads, 1);
+    assert_eq!(
+        Settings::from_toml_str("threads = 0\n").expect("0").threads,
+        0
+    );
+    let err = Settings::from_toml_str("threads = 5000\n").expect_err("too many");
+    assert!(err.to_string().contains("threads"), "{err}");
+}
+
+#[test]
 fn response_timeout_shorter_than_blocking_read_is_rejected() {
     let err =
         Settings::from_toml_str("[redis]\nresponse_timeout = \"1s\"\nblocking_read = \"5s\"\n")
