@@ -21,6 +21,9 @@ pub struct Bucket<'a> {
     pub burst: f64,
 }
 
+/// How long egress keeps a reply's delivery state (a week).
+pub const REPLY_STATE_TTL_SECS: i64 = 7 * 24 * 3600;
+
 type RawEntries = Vec<(String, Vec<(String, HashMap<String, String>)>)>;
 
 impl Queue {
@@ -205,6 +208,43 @@ impl Queue {
         Ok(index
             .checked_sub(1)
             .map(|i| (i, Duration::from_millis(wait))))
+    }
+
+    /// [`Self::take_tokens`] for one token from `bucket`, and in the same
+    /// round trip set `field` of the hash `key` to "1" (kept a week): egress
+    /// marks a reply part's post as pending with the token it posts with.
+    /// The mark is set whether or not the token is granted.
+    pub async fn take_token_and_mark(
+        &self,
+        bucket: &Bucket<'_>,
+        reserve: f64,
+        (key, field): (&str, &str),
+    ) -> Result<Option<Duration>, QueueError> {
+        let k = self.keys().shard(0);
+        let call = ScriptCall::new(&self.scripts().take_tokens, vec![k.bucket(bucket.name)])
+            .arg(1.0)
+            .arg(reserve)
+            .arg(bucket.rate)
+            .arg(bucket.burst);
+        let mut pipe = redis::pipe();
+        pipe.add_command(call.evalsha())
+            .cmd("HSET")
+            .arg(key)
+            .arg(field)
+            .arg("1")
+            .ignore()
+            .expire(key, REPLY_STATE_TTL_SECS)
+            .ignore();
+        let mut conn = self.conn().await?;
+        let (index, wait): (usize, u64) =
+            match pipe.query_async::<((usize, u64),)>(&mut *conn).await {
+                Ok((taken,)) => taken,
+                // Redis lost its scripts (a restart): the mark is set, as
+                // every command of a pipeline runs; load it and take again.
+                Err(e) if super::scripts::is_no_script(&e) => call.invoke(&mut conn).await?,
+                Err(e) => return Err(e.into()),
+            };
+        Ok(index.checked_sub(1).map(|_| Duration::from_millis(wait)))
     }
 
     /// Queue a notice for the sender of a conversation's message (posted

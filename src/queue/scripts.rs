@@ -107,13 +107,8 @@ impl<'a> ScriptCall<'a> {
         &self,
         conn: &mut C,
     ) -> redis::RedisResult<T> {
-        let mut cmd = redis::cmd("EVALSHA");
-        cmd.arg(self.script.get_hash())
-            .arg(self.keys.len())
-            .arg(&self.keys)
-            .arg(&self.args);
-        match cmd.query_async(conn).await {
-            Err(e) if e.kind() == redis::ErrorKind::Server(redis::ServerErrorKind::NoScript) => {
+        match self.evalsha().query_async(conn).await {
+            Err(e) if is_no_script(&e) => {
                 let mut invocation = self.script.prepare_invoke();
                 for key in &self.keys {
                     invocation.key(key);
@@ -126,4 +121,20 @@ impl<'a> ScriptCall<'a> {
             other => other,
         }
     }
+
+    /// The `EVALSHA` command alone (e.g. for a pipeline; see [`is_no_script`]
+    /// for when Redis does not have the script).
+    pub fn evalsha(&self) -> redis::Cmd {
+        let mut cmd = redis::cmd("EVALSHA");
+        cmd.arg(self.script.get_hash())
+            .arg(self.keys.len())
+            .arg(&self.keys)
+            .arg(&self.args);
+        cmd
+    }
+}
+
+/// Whether `e` is Redis saying it does not have the script (NOSCRIPT).
+pub fn is_no_script(e: &redis::RedisError) -> bool {
+    e.kind() == redis::ErrorKind::Server(redis::ServerErrorKind::NoScript)
 }

@@ -131,6 +131,43 @@ async fn a_gateway_killed_after_the_agent_replied_but_before_egress_posted_posts
 }
 
 #[tokio::test]
+async fn a_final_post_slack_accepted_before_the_gateway_died_is_not_posted_again() {
+    let world = Crashy::start("crash-after-final-post").await;
+    // No streamed start: the first post is the final reply, marked pending
+    // in the same round trip as its token. Slack stores it, its answer
+    // never comes back, and the gateway dies.
+    world.stub.fail_next("chat.postMessage", 1, Failure::Hang);
+    let (mut gateway, addr) = world.gateway();
+    let ts = world.mention(addr, "C0FINAL", "answer me once").await;
+    wait_until(Duration::from_secs(30), "Slack to have the post", || {
+        let messages = world.bot_messages("C0FINAL", &ts);
+        async move { (messages.len() == 1).then_some(()) }
+    })
+    .await;
+    gateway.child.kill().expect("kill -9 the gateway");
+    gateway.child.wait().expect("reap");
+    let (_restarted, _) = world.gateway();
+    // The restarted gateway delivers (and deletes) what the dead one left.
+    let queue = queue_on(&world.redis.url(), &world.prefix, pool_queue_settings());
+    wait_until(
+        Duration::from_secs(30),
+        "the outbox to be delivered",
+        || {
+            let queue = queue.clone();
+            async move {
+                let left = queue.outbox_entries(0).await.expect("outbox");
+                left.is_empty().then_some(())
+            }
+        },
+    )
+    .await;
+    let messages = world.bot_messages("C0FINAL", &ts);
+    assert_eq!(messages.len(), 1, "still exactly one message: {messages:?}");
+    assert!(messages[0].text.contains("answer me once"));
+    world.worker.shutdown().await;
+}
+
+#[tokio::test]
 async fn a_post_slack_accepted_before_the_gateway_died_is_adopted_not_posted_again() {
     let world = Crashy::start("crash-after-post").await;
     // Slack stores the first post (the streamed start of the reply) but

@@ -14,7 +14,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use sha2::{Digest, Sha256};
 
 use crate::config::{EgressSettings, StaleReplies};
-use crate::queue::{OutboxEntry, OutboxKind, Queue, QueueError};
+use crate::queue::{Bucket, OutboxEntry, OutboxKind, Queue, QueueError, REPLY_STATE_TTL_SECS};
 
 use super::{PostMessage, SlackApi, SlackError, format_reply};
 
@@ -232,7 +232,13 @@ impl SlackDelivery {
         } else {
             "chat.postMessage"
         };
-        if !self.wait_tokens(target, method, priority).await? {
+        // A final reply's new message is marked pending with the token it
+        // posts with (one round trip); progress, which may be shed, only
+        // once it has its token.
+        let pending = format!("pending.{i}");
+        let marked = ts.is_none() && priority == Priority::Final;
+        let mark = marked.then_some((key, pending.as_str()));
+        if !self.wait_tokens(target, method, priority, mark).await? {
             metrics::counter!("switchboard_egress_slack_shed_total", "call" => "progress")
                 .increment(1);
             return Ok(Sent::Outcome(Delivered::Done));
@@ -241,8 +247,9 @@ impl SlackDelivery {
         let sent = match &ts {
             Some(ts) => self.api.update_message(target.channel, ts, text).await,
             None => {
-                self.set(key, &[(format!("pending.{i}"), "1".into())])
-                    .await?;
+                if !marked {
+                    self.set(key, &[(pending, "1".into())]).await?;
+                }
                 let message = PostMessage {
                     channel: target.channel,
                     thread_ts: target.thread_ts,
@@ -348,20 +355,35 @@ impl SlackDelivery {
             .is_none())
     }
 
-    /// Final replies wait for a token; others take one only if free.
+    /// Final replies wait for a token; others take one only if free. With
+    /// `mark` (a hash key and field), the first try also sets that field.
     async fn wait_tokens(
         &self,
         target: SlackTarget<'_>,
         method: &str,
         priority: Priority,
+        mut mark: Option<(&str, &str)>,
     ) -> Result<bool, QueueError> {
         let (name, rate, burst) = self.bucket(target, method);
+        let bucket = Bucket {
+            name: &name,
+            rate,
+            burst,
+        };
         loop {
-            match self
-                .queue
-                .take_tokens(&name, rate, burst, 1.0, priority.reserve())
-                .await?
-            {
+            let taken = match mark.take() {
+                Some(mark) => {
+                    self.queue
+                        .take_token_and_mark(&bucket, priority.reserve(), mark)
+                        .await?
+                }
+                None => {
+                    self.queue
+                        .take_tokens(&name, rate, burst, 1.0, priority.reserve())
+                        .await?
+                }
+            };
+            match taken {
                 None => return Ok(true),
                 Some(_) if priority != Priority::Final => return Ok(false),
                 Some(wait) => tokio::time::sleep(wait).await,
@@ -392,7 +414,7 @@ impl SlackDelivery {
         redis::pipe()
             .hset_multiple(key, fields)
             .ignore()
-            .expire(key, 7 * 24 * 3600)
+            .expire(key, REPLY_STATE_TTL_SECS)
             .ignore()
             .query_async::<()>(&mut *conn)
             .await?;
