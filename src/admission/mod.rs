@@ -11,7 +11,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use crate::domain::{ConversationId, Destination};
 use crate::ingress::slack::Candidate;
-use crate::queue::{AdmitLimits, Admitted, Bucket, Queue, QueueError, ScriptBucket};
+use crate::queue::{AdmitLimits, Admitted, Bucket, Charge, Queue, QueueError, ScriptBucket};
 
 pub use policy::{Refusal, Sender, email_sender_allowed};
 pub use settings::{AdmissionSettings, WorkspacePolicy};
@@ -402,46 +402,28 @@ fn daily_caps(
     ]
 }
 
-/// Charge a finished turn's cost to its user, channel and workspace for the
-/// UTC day of `now` (called by workers after a commit).
-pub async fn charge(
-    queue: &Queue,
+/// What a finished turn adds to its user's, channel's and workspace's
+/// usage for the UTC day of `now` (workers commit it with the turn).
+/// `None` for destinations admission does not budget (email).
+pub fn turn_charge(
     destination: &Destination,
     user: &str,
     cost_usd: f64,
     now: SystemTime,
-) -> Result<(), QueueError> {
+) -> Option<Charge> {
     let Destination::Slack { team, channel, .. } = destination else {
-        return Ok(());
+        return None;
     };
-    let key = queue.keys().shard(0).usage(&day(now));
-    let mut conn = queue.connection().await?;
-    redis::pipe()
-        .cmd("HINCRBYFLOAT")
-        .arg(&key)
-        .arg(format!("spend:user:{team}:{user}"))
-        .arg(cost_usd)
-        .ignore()
-        .cmd("HINCRBYFLOAT")
-        .arg(&key)
-        .arg(format!("spend:channel:{team}:{channel}"))
-        .arg(cost_usd)
-        .ignore()
-        .cmd("HINCRBYFLOAT")
-        .arg(&key)
-        .arg(format!("spend:team:{team}"))
-        .arg(cost_usd)
-        .ignore()
-        .cmd("HINCRBY")
-        .arg(&key)
-        .arg(format!("turns:user:{team}:{user}"))
-        .arg(1)
-        .ignore()
-        .expire(&key, 8 * 86_400)
-        .ignore()
-        .query_async::<()>(&mut *conn)
-        .await?;
-    Ok(())
+    Some(Charge {
+        day: day(now),
+        spend_fields: vec![
+            format!("spend:user:{team}:{user}"),
+            format!("spend:channel:{team}:{channel}"),
+            format!("spend:team:{team}"),
+        ],
+        turns_field: format!("turns:user:{team}:{user}"),
+        cost_usd,
+    })
 }
 
 /// Spend and turn counts of one UTC day, for `/admin/usage`.

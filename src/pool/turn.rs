@@ -10,7 +10,9 @@ use tracing::Instrument;
 
 use crate::agent::{AgentProcess, SessionStart, TurnError, TurnResult, transcript};
 use crate::domain::ConversationId;
-use crate::queue::{Claim, Commit, LeaseKeeper, Owner, QueueError, QueuedMessage, SessionSave};
+use crate::queue::{
+    Charge, Claim, Commit, LeaseKeeper, Owner, QueueError, QueuedMessage, SessionSave,
+};
 
 use super::slots::{Assignment, SlotState};
 use super::worker::{Shared, fresh_or_starting, lock, replace_process, restart_slot, slot_dirs};
@@ -237,13 +239,9 @@ async fn commit(
         cost_usd: result.cost_usd,
         final_seq: FINAL_SEQ,
         session: session.take().map(|(save, _)| save),
+        charge: charge(claim, result.cost_usd),
     };
-    // The cost was spent whether or not the commit lands, so it is charged
-    // alongside (its keys live in another shard), not after it.
-    let (mut committed, ()) = tokio::join!(
-        shared.queue.commit(&claim.lease, &commit),
-        charge(shared, claim, commit.cost_usd)
-    );
+    let mut committed = shared.queue.commit(&claim.lease, &commit).await;
     let mut now_stored = now_stored;
     if let (Err(QueueError::SessionMismatch(_)), Some(id)) = (&committed, &session_id) {
         // The stored transcript is not what this slot last stored (it
@@ -252,6 +250,8 @@ async fn commit(
         let whole = read_transcript(shared, slot, id, None).await;
         now_stored = whole.as_ref().map(|(_, stored)| stored.clone());
         commit.session = whole.map(|(save, _)| save);
+        // Charged by the first try already.
+        commit.charge = None;
         committed = shared.queue.commit(&claim.lease, &commit).await;
     }
     match committed {
@@ -284,23 +284,17 @@ async fn commit(
     }
 }
 
-/// Charge the turn's cost to its sender, channel and workspace.
-async fn charge(shared: &Shared, claim: &Claim, cost_usd: f64) {
+/// The turn's cost for its sender, channel and workspace.
+fn charge(claim: &Claim, cost_usd: f64) -> Option<Charge> {
     let (Some(destination), Some(last)) = (&claim.destination, claim.messages.last()) else {
-        return;
+        return None;
     };
-    let now = std::time::SystemTime::now();
-    if let Err(e) = crate::admission::charge(
-        &shared.queue,
+    crate::admission::turn_charge(
         destination,
         &last.message.sender,
         cost_usd,
-        now,
+        std::time::SystemTime::now(),
     )
-    .await
-    {
-        tracing::warn!(error = %e, "turn cost not recorded");
-    }
 }
 
 /// The session to store with the commit, so any slot can resume it: only

@@ -124,18 +124,73 @@ impl Queue {
             Some(s) => call.arg(&s.id).arg_bytes(&s.transcript).arg(s.offset),
             None => call.arg("").arg("").arg(0),
         };
+        call = match commit.charge.as_ref().filter(|_| k.shard == 0) {
+            Some(charge) => {
+                call.keys.push(k.usage(&charge.day));
+                let mut call = call.arg(charge.spend_fields.len() + 1);
+                for field in &charge.spend_fields {
+                    call = call.arg(field);
+                }
+                call.arg(&charge.turns_field)
+                    .arg(format!("{:.6}", charge.cost_usd))
+                    .arg(USAGE_TTL_SECS)
+            }
+            None => call.arg(0),
+        };
         for part in &commit.parts {
             call = call.arg(part);
         }
         call
     }
 
+    /// Add a turn's cost to the day's usage (shard 0), in one round trip.
+    pub async fn charge(&self, charge: &Charge) -> Result<(), QueueError> {
+        let key = self.keys().shard(0).usage(&charge.day);
+        let mut pipe = redis::pipe();
+        for field in &charge.spend_fields {
+            pipe.cmd("HINCRBYFLOAT")
+                .arg(&key)
+                .arg(field)
+                .arg(charge.cost_usd)
+                .ignore();
+        }
+        pipe.cmd("HINCRBY")
+            .arg(&key)
+            .arg(&charge.turns_field)
+            .arg(1)
+            .ignore()
+            .expire(&key, USAGE_TTL_SECS)
+            .ignore();
+        let mut conn = self.conn().await?;
+        pipe.query_async::<()>(&mut *conn).await?;
+        Ok(())
+    }
+
     /// Commit the turn: reply to the outbox, trim the batch, release the
     /// lease, schedule the next batch. `Err(Fenced)`: someone else owns the
     /// conversation now and nothing was written.
     pub async fn commit(&self, lease: &Lease, commit: &Commit) -> Result<(), QueueError> {
-        let mut conn = self.conn().await?;
-        let reply: Vec<String> = self.commit_call(lease, commit).invoke(&mut conn).await?;
+        // Usage lives in shard 0: from another shard it is charged alongside.
+        let apart = commit
+            .charge
+            .as_ref()
+            .filter(|_| self.lease_keys(lease).shard != 0);
+        let charged = async {
+            if let Some(charge) = apart
+                && let Err(e) = self.charge(charge).await
+            {
+                tracing::warn!(error = %e, "turn cost not recorded");
+            }
+        };
+        let committed = async {
+            let mut conn = self.conn().await?;
+            self.commit_call(lease, commit)
+                .invoke::<Vec<String>>(&mut conn)
+                .await
+                .map_err(QueueError::from)
+        };
+        let (reply, ()) = tokio::join!(committed, charged);
+        let reply = reply?;
         match reply.first().map(String::as_str) {
             // The script woke the owner it routed a next batch to.
             Some("ok") => Ok(()),

@@ -138,6 +138,24 @@ pub struct Commit {
     /// The agent's session to store with the reply (as `save_session` does),
     /// so any slot can resume it; `None` leaves the stored one as it is.
     pub session: Option<SessionSave>,
+    /// The turn's cost to add to the day's usage. Charged whether or not
+    /// the commit lands (it was spent either way): in the commit script
+    /// when the conversation is in shard 0 (where usage lives; always with
+    /// one shard), else alongside it.
+    pub charge: Option<Charge>,
+}
+
+/// How long a day's usage hash is kept (eight days).
+pub const USAGE_TTL_SECS: i64 = 8 * 86_400;
+
+/// What a turn adds to one day's usage hash (shard 0): `cost_usd` to each
+/// spend field and 1 to the turns field.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Charge {
+    pub day: String,
+    pub spend_fields: Vec<String>,
+    pub turns_field: String,
+    pub cost_usd: f64,
 }
 
 /// An agent session to store: its resume id and transcript, whole or

@@ -4,8 +4,8 @@ use std::time::Duration;
 
 use switchboard::domain::{ConversationId, Destination};
 use switchboard::queue::{
-    ClaimOutcome, EnqueueMode, Enqueued, FailOutcome, LeaseKeeper, OutboxKind, Owner, Queue,
-    QueueError, SessionSave,
+    Charge, ClaimOutcome, EnqueueMode, Enqueued, FailOutcome, LeaseKeeper, OutboxKind, Owner,
+    Queue, QueueError, SessionSave,
 };
 
 use crate::helpers::*;
@@ -530,6 +530,62 @@ async fn a_commit_appends_the_new_part_of_a_transcript_only_onto_what_it_continu
         Some(&b"whole\n"[..])
     );
     assert_eq!(finals(&queue).await.len(), 3);
+}
+
+#[tokio::test]
+async fn a_commit_charges_its_turn_from_any_shard_even_when_fenced() {
+    let redis = TestRedis::start();
+    for shards in [1, 8] {
+        let mut settings = fast_settings();
+        settings.shards = shards;
+        let (queue, _) = test_queue(&redis, &format!("charge{shards}"), settings);
+        let charged = |text: &str| {
+            let mut commit = reply(text);
+            commit.charge = Some(Charge {
+                day: "2026-11-26".into(),
+                spend_fields: vec!["spend:user:T:U".into(), "spend:team:T".into()],
+                turns_field: "turns:user:T:U".into(),
+                cost_usd: 0.25,
+            });
+            commit
+        };
+        let mut shards_seen = std::collections::BTreeSet::new();
+        for i in 0..8 {
+            let cid = format!("c{i}");
+            shards_seen.insert(
+                queue
+                    .keys()
+                    .for_conversation(&ConversationId::new(&cid))
+                    .shard,
+            );
+            enqueue(&queue, &cid, 0).await;
+        }
+        assert!(
+            shards == 1 || shards_seen.iter().any(|s| *s != 0),
+            "{shards_seen:?}"
+        );
+        let w = worker("w");
+        let mut last = None;
+        while let Some(c) = claim(&queue, &w).await {
+            queue
+                .commit(&c.lease, &charged("ok"))
+                .await
+                .expect("commit");
+            last = Some(c);
+        }
+        // Committing again is fenced, but the turn was spent: charged.
+        let last = last.expect("claimed");
+        assert!(matches!(
+            queue.commit(&last.lease, &charged("again")).await,
+            Err(QueueError::Fenced(_))
+        ));
+        let usage = switchboard::admission::usage(&queue, "2026-11-26")
+            .await
+            .expect("usage");
+        assert_eq!(usage.get("turns:user:T:U"), Some(&9.0), "{usage:?}");
+        assert_eq!(usage.get("spend:user:T:U"), Some(&2.25), "{usage:?}");
+        assert_eq!(usage.get("spend:team:T"), Some(&2.25), "{usage:?}");
+    }
 }
 
 #[tokio::test]

@@ -154,6 +154,7 @@ async fn partitioned_turn(ctx: &WorkerCtx, claim: &Claim, start: Instant, rng: &
         cost_usd: 0.0,
         final_seq: 1_000,
         session: None,
+        charge: None,
     };
     // Usually fenced; accepted only if nobody reclaimed it in the meantime.
     let fenced = match ctx.queue.commit(&claim.lease, &commit).await {
@@ -197,6 +198,7 @@ async fn normal_turn(
         cost_usd: 0.01,
         final_seq: 1_000,
         session: None,
+        charge: None,
     };
     let _ = ctx.queue.commit(&claim.lease, &commit).await;
 }

@@ -90,6 +90,7 @@ pub fn reply(text: &str) -> Commit {
         cost_usd: 0.0,
         final_seq: 1_000,
         session: None,
+        charge: None,
     }
 }
 

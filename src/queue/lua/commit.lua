@@ -6,12 +6,26 @@
 --       stored session), 10 its transcript from byte ARGV[11] on, 11 that
 --       offset (0: the whole transcript; else the stored transcript of the
 --       same session must be that long, and the part is appended),
---       12.. reply parts
+--       12 n: the turn's charge to the day's usage (KEYS[11], when
+--       n > 0): ARGV[13 .. 11 + n] spend fields, ARGV[12 + n] the turns
+--       field, ARGV[13 + n] the cost, ARGV[14 + n] the usage hash's ttl in
+--       seconds; then the reply parts
 -- Returns {'ok', owner} (the worker a next batch was routed to and woken, or '')
---       | {'fenced'} | {'session_mismatch'} (nothing written: send it whole)
+--       | {'fenced'} | {'session_mismatch'} (nothing written but the charge:
+--       send it whole, without the charge)
 local conv, inbox, leases = KEYS[1], KEYS[2], KEYS[3]
 local cid = ARGV[1]
 local now = now_ms()
+-- The cost was spent whether or not the commit lands.
+local ncharge = tonumber(ARGV[12])
+local first_part = 13
+if ncharge > 0 then
+  local cost = ARGV[13 + ncharge]
+  for i = 13, 11 + ncharge do redis.call('HINCRBYFLOAT', KEYS[11], ARGV[i], cost) end
+  redis.call('HINCRBY', KEYS[11], ARGV[12 + ncharge], 1)
+  redis.call('EXPIRE', KEYS[11], ARGV[14 + ncharge])
+  first_part = 15 + ncharge
+end
 if not holds_lease(conv, leases, cid, ARGV[2], now) then return {'fenced'} end
 if ARGV[9] ~= '' then
   local offset = tonumber(ARGV[11])
@@ -30,8 +44,8 @@ local batch_end = redis.call('HGET', conv, 'batch_end')
 local acks = batch_acks(inbox, batch_end)
 -- The destination goes with the reply, so egress need not read it back.
 local dest = redis.call('HGET', conv, 'dest') or ''
-for i = 12, #ARGV do
-  local part = i - 12
+for i = first_part, #ARGV do
+  local part = i - first_part
   redis.call('XADD', KEYS[9], '*', 'kind', 'final', 'cid', cid,
     'reply_id', cid .. '/' .. batch_end .. '/' .. part, 'part', part,
     'seq', ARGV[8], 'text', ARGV[i], 'acks', acks, 'at_ms', now, 'dest', dest)
