@@ -154,12 +154,16 @@ pub async fn read_new(
         path,
         source,
     };
-    // One hop to a blocking thread for the whole read, not one per call.
-    let read = {
+    // What a turn appended is a few kB in the page cache: read in place,
+    // without two thread hand-offs. A whole transcript (megabytes, for a
+    // long session) is read on a blocking thread.
+    let read = if stored.is_some() {
+        Ok(read_new_blocking(&path, &session_id, stored))
+    } else {
         let path = path.clone();
-        tokio::task::spawn_blocking(move || read_new_blocking(&path, &session_id, stored))
+        tokio::task::spawn_blocking(move || read_new_blocking(&path, &session_id, stored)).await
     };
-    match read.await {
+    match read {
         Ok(Ok(part)) => Ok(part),
         Ok(Err(e)) if e.kind() == std::io::ErrorKind::NotFound => {
             Err(TranscriptError::Missing(path))
