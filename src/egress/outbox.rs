@@ -15,7 +15,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::domain::{ConversationId, Destination};
-use crate::queue::{OutboxEntry, OutboxKind, Queue};
+use crate::queue::{OutboxEntry, OutboxKind, Queue, StateWrite};
 
 use super::email::{EmailDelivery, EmailTarget};
 use super::slack::deliver::{Delivered, SlackDelivery, SlackTarget};
@@ -155,16 +155,20 @@ impl Egress {
     /// is delivered, dead-lettered, or the gateway stops (then it stays
     /// pending for the next leader).
     /// `destination` caches the conversation's destination across one
-    /// batch of its entries.
+    /// batch of its entries. With `deferred`, a Slack reply's final state
+    /// write is left there, to go with the batch's acknowledgement.
     async fn handle(
         &self,
         entry: &OutboxEntry,
         destination: &mut Option<Destination>,
         shutdown: &CancellationToken,
+        mut deferred: Option<&mut Vec<StateWrite>>,
     ) -> bool {
         let mut backoff = Duration::from_millis(200);
         loop {
-            let delivered = self.deliver(entry, destination).await;
+            let delivered = self
+                .deliver(entry, destination, deferred.as_deref_mut())
+                .await;
             match delivered {
                 Delivered::Done => return true,
                 Delivered::Dead(reason) => {
@@ -187,7 +191,12 @@ impl Egress {
         }
     }
 
-    async fn deliver(&self, entry: &OutboxEntry, cached: &mut Option<Destination>) -> Delivered {
+    async fn deliver(
+        &self,
+        entry: &OutboxEntry,
+        cached: &mut Option<Destination>,
+        deferred: Option<&mut Vec<StateWrite>>,
+    ) -> Delivered {
         let destination = match (cached, &entry.destination) {
             (_, Some(d)) => d,
             (Some(d), None) => d,
@@ -214,7 +223,7 @@ impl Egress {
                         channel,
                         thread_ts: thread_ts.as_deref(),
                     };
-                    slack.deliver(entry, target).await
+                    slack.deliver(entry, target, deferred).await
                 }
                 None => Delivered::Dead("SLACK_BOT_TOKEN is not set: cannot reply on Slack".into()),
             },
@@ -326,19 +335,28 @@ async fn lane(
         let mut destination = None;
         let mut done = Vec::with_capacity(batch.len());
         let mut stopping = false;
+        // The last entry's reply state is written with the acknowledgement
+        // (one round trip); earlier entries' states are written at once, as
+        // a later entry of the batch may read them.
+        let mut deferred = Vec::new();
         for (i, entry) in batch.iter().enumerate() {
             let superseded = entry.kind == OutboxKind::Progress
                 && batch[i + 1..]
                     .iter()
                     .any(|later| later.reply_id == entry.reply_id);
-            if !superseded && !egress.handle(entry, &mut destination, &shutdown).await {
+            let last = (i + 1 == batch.len()).then_some(&mut deferred);
+            if !superseded
+                && !egress
+                    .handle(entry, &mut destination, &shutdown, last)
+                    .await
+            {
                 // Stopping: the rest stay pending for the next leader.
                 stopping = true;
                 break;
             }
             done.push(entry.id.clone());
         }
-        if let Err(e) = queue.ack_outbox(shard, &done).await {
+        if let Err(e) = queue.ack_outbox_after(shard, &done, &deferred).await {
             tracing::warn!(error = %e, "could not acknowledge outbox entries; they may be delivered again (idempotent)");
         }
         if stopping {

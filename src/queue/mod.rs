@@ -31,7 +31,7 @@ pub use admit::{AdmitLimits, Admitted, ScriptBucket};
 pub use depth::{DEPTH_EXPORT_INTERVAL, PoolSummary, QueueDepth, export_depth};
 pub use keys::{Keys, ShardKeys};
 pub use lease::LeaseKeeper;
-pub use outbox::{Bucket, REPLY_STATE_TTL_SECS};
+pub use outbox::{Bucket, REPLY_STATE_TTL_SECS, StateWrite};
 pub use pool::PoolShape;
 pub use reaper::Reaper;
 pub use scripts::ScriptCall;

@@ -21,6 +21,9 @@ pub struct Bucket<'a> {
     pub burst: f64,
 }
 
+/// A reply state to record: the hash's key and fields.
+pub type StateWrite = (String, Vec<(String, String)>);
+
 /// How long egress keeps a reply's delivery state (a week).
 pub const REPLY_STATE_TTL_SECS: i64 = 7 * 24 * 3600;
 
@@ -90,23 +93,42 @@ impl Queue {
 
     /// Acknowledge and remove delivered entries.
     pub async fn ack_outbox(&self, shard: u16, ids: &[String]) -> Result<(), QueueError> {
-        if ids.is_empty() {
+        self.ack_outbox_after(shard, ids, &[]).await
+    }
+
+    /// Write `writes` (egress's reply states, each hash kept a week), then
+    /// acknowledge and delete `ids`, in one round trip and in that order:
+    /// an entry is never acknowledged without its state.
+    pub async fn ack_outbox_after(
+        &self,
+        shard: u16,
+        ids: &[String],
+        writes: &[StateWrite],
+    ) -> Result<(), QueueError> {
+        if ids.is_empty() && writes.is_empty() {
             return Ok(());
         }
         let k = self.keys().shard(shard);
+        let mut pipe = redis::pipe();
+        for (key, fields) in writes {
+            pipe.hset_multiple(key, fields)
+                .ignore()
+                .expire(key, REPLY_STATE_TTL_SECS)
+                .ignore();
+        }
+        if !ids.is_empty() {
+            pipe.cmd("XACK")
+                .arg(k.outbox())
+                .arg(OUTBOX_GROUP)
+                .arg(ids)
+                .ignore()
+                .cmd("XDEL")
+                .arg(k.outbox())
+                .arg(ids)
+                .ignore();
+        }
         let mut conn = self.conn().await?;
-        redis::pipe()
-            .cmd("XACK")
-            .arg(k.outbox())
-            .arg(OUTBOX_GROUP)
-            .arg(ids)
-            .ignore()
-            .cmd("XDEL")
-            .arg(k.outbox())
-            .arg(ids)
-            .ignore()
-            .query_async::<()>(&mut *conn)
-            .await?;
+        pipe.query_async::<()>(&mut *conn).await?;
         Ok(())
     }
 

@@ -14,7 +14,9 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use sha2::{Digest, Sha256};
 
 use crate::config::{EgressSettings, StaleReplies};
-use crate::queue::{Bucket, OutboxEntry, OutboxKind, Queue, QueueError, REPLY_STATE_TTL_SECS};
+use crate::queue::{
+    Bucket, OutboxEntry, OutboxKind, Queue, QueueError, REPLY_STATE_TTL_SECS, StateWrite,
+};
 
 use super::{PostMessage, SlackApi, SlackError, format_reply};
 
@@ -85,11 +87,19 @@ impl SlackDelivery {
         }
     }
 
-    pub async fn deliver(&self, entry: &OutboxEntry, target: SlackTarget<'_>) -> Delivered {
+    /// Deliver one outbox entry. With `deferred`, the reply's state after
+    /// a successful delivery is left there for the caller to write (with
+    /// the entry's acknowledgement) instead of written here.
+    pub async fn deliver(
+        &self,
+        entry: &OutboxEntry,
+        target: SlackTarget<'_>,
+        deferred: Option<&mut Vec<StateWrite>>,
+    ) -> Delivered {
         let result = match entry.kind {
             OutboxKind::Ack => self.acknowledge(entry, target).await,
             OutboxKind::Progress | OutboxKind::Final | OutboxKind::Notice => {
-                self.reply(entry, target).await
+                self.reply(entry, target, deferred).await
             }
         };
         match result {
@@ -132,6 +142,7 @@ impl SlackDelivery {
         &self,
         entry: &OutboxEntry,
         target: SlackTarget<'_>,
+        deferred: Option<&mut Vec<StateWrite>>,
     ) -> Result<Delivered, QueueError> {
         let key = self
             .queue
@@ -183,12 +194,26 @@ impl SlackDelivery {
         if is_final {
             sent.push(("done".into(), "1".into()));
         }
-        self.set(&key, &sent).await?;
+        let Some(deferred) = deferred else {
+            self.set(&key, &sent).await?;
+            if is_final {
+                metrics::counter!("switchboard_egress_replies_total", "channel" => "slack")
+                    .increment(1);
+                self.remove_acks(entry, target).await?;
+            }
+            return Ok(Delivered::Done);
+        };
         if is_final {
             metrics::counter!("switchboard_egress_replies_total", "channel" => "slack")
                 .increment(1);
-            self.remove_acks(entry, target).await?;
+            if let Err(e) = self.remove_acks(entry, target).await {
+                // Retried: record what was sent first, or the retry would
+                // look for the message instead of seeing it done.
+                self.set(&key, &sent).await?;
+                return Err(e);
+            }
         }
+        deferred.push((key, sent));
         Ok(Delivered::Done)
     }
 
