@@ -220,7 +220,7 @@ async fn commit(
         .clone()
         .or_else(|| process.session_id().map(String::from));
     let stored = lock(&shared.table)[slot as usize].stored.clone();
-    let mut session = match &session_id {
+    let session = match &session_id {
         Some(id) => read_transcript(shared, slot, id, stored.as_ref()).await,
         None => None,
     };
@@ -232,24 +232,21 @@ async fn commit(
         generation,
     });
     let keep = owner.is_some();
-    let now_stored = session.as_ref().map(|(_, stored)| stored.clone());
+    let (save, mut now_stored) = session.unzip();
     let mut commit = Commit {
         parts: vec![result.text],
         owner,
         cost_usd: result.cost_usd,
         final_seq: FINAL_SEQ,
-        session: session.take().map(|(save, _)| save),
+        session: save,
         charge: charge(claim, result.cost_usd),
     };
     let mut committed = shared.queue.commit(&claim.lease, &commit).await;
-    let mut now_stored = now_stored;
     if let (Err(QueueError::SessionMismatch(_)), Some(id)) = (&committed, &session_id) {
         // The stored transcript is not what this slot last stored (it
         // moved on elsewhere, or expired): store it whole.
         tracing::info!("stored session differs from this slot's; storing the transcript whole");
-        let whole = read_transcript(shared, slot, id, None).await;
-        now_stored = whole.as_ref().map(|(_, stored)| stored.clone());
-        commit.session = whole.map(|(save, _)| save);
+        (commit.session, now_stored) = read_transcript(shared, slot, id, None).await.unzip();
         // Charged by the first try already.
         commit.charge = None;
         committed = shared.queue.commit(&claim.lease, &commit).await;

@@ -194,26 +194,24 @@ impl SlackDelivery {
         if is_final {
             sent.push(("done".into(), "1".into()));
         }
-        let Some(deferred) = deferred else {
+        if deferred.is_none() {
             self.set(&key, &sent).await?;
-            if is_final {
-                metrics::counter!("switchboard_egress_replies_total", "channel" => "slack")
-                    .increment(1);
-                self.remove_acks(entry, target).await?;
-            }
-            return Ok(Delivered::Done);
-        };
+        }
         if is_final {
             metrics::counter!("switchboard_egress_replies_total", "channel" => "slack")
                 .increment(1);
             if let Err(e) = self.remove_acks(entry, target).await {
                 // Retried: record what was sent first, or the retry would
                 // look for the message instead of seeing it done.
-                self.set(&key, &sent).await?;
+                if deferred.is_some() {
+                    self.set(&key, &sent).await?;
+                }
                 return Err(e);
             }
         }
-        deferred.push((key, sent));
+        if let Some(deferred) = deferred {
+            deferred.push((key, sent));
+        }
         Ok(Delivered::Done)
     }
 
