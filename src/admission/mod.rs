@@ -215,14 +215,14 @@ impl Admission {
                 settings.user_per_minute,
                 &current.user_rate,
                 &current.user_burst,
-                format!("user:{team}:{user}"),
+                ["user:", team, ":", user].concat(),
                 Refusal::UserRate,
             ),
             (
                 settings.channel_per_minute,
                 &current.channel_rate,
                 &current.channel_burst,
-                format!("channel:{team}:{channel}"),
+                ["channel:", team, ":", channel].concat(),
                 Refusal::ChannelRate,
             ),
         ];
@@ -377,26 +377,39 @@ impl Admission {
 }
 
 /// The daily spend caps of a sender: (usage field, cap in USD, refusal).
+/// A cap that is off (0) gets no field name.
 fn daily_caps(
     team: &str,
     channel: &str,
     user: &str,
     settings: &AdmissionSettings,
 ) -> [(String, f64, Refusal); 3] {
+    let field = |cap: f64, parts: &[&str]| {
+        if cap > 0.0 {
+            parts.concat()
+        } else {
+            String::new()
+        }
+    };
+    let (u, c, w) = (
+        settings.user_daily_usd,
+        settings.channel_daily_usd,
+        settings.workspace_daily_usd,
+    );
     [
         (
-            format!("spend:user:{team}:{user}"),
-            settings.user_daily_usd,
+            field(u, &["spend:user:", team, ":", user]),
+            u,
             Refusal::UserBudget,
         ),
         (
-            format!("spend:channel:{team}:{channel}"),
-            settings.channel_daily_usd,
+            field(c, &["spend:channel:", team, ":", channel]),
+            c,
             Refusal::ChannelBudget,
         ),
         (
-            format!("spend:team:{team}"),
-            settings.workspace_daily_usd,
+            field(w, &["spend:team:", team]),
+            w,
             Refusal::WorkspaceBudget,
         ),
     ]

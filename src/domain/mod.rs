@@ -17,7 +17,7 @@ impl ConversationId {
     }
 
     pub fn slack(team: &str, channel: &str, thread_ts: &str) -> Self {
-        Self(format!("slack:{team}:{channel}:{thread_ts}"))
+        Self(["slack:", team, ":", channel, ":", thread_ts].concat())
     }
 
     pub fn as_str(&self) -> &str {

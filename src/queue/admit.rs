@@ -89,20 +89,18 @@ impl Queue {
             }
         }
         let mut conn = self.shared_conn().await?;
-        let reply: Vec<String> = call.invoke_on(&mut conn).await?;
-        let index = |i: Option<&String>| {
+        let reply: String = call.invoke_on(&mut conn).await?;
+        let index = |i: Option<&str>| {
             i.and_then(|i| i.parse::<usize>().ok())
                 .and_then(|i| i.checked_sub(1))
-                .ok_or_else(|| super::protocol("admit", format!("{reply:?}")))
+                .ok_or_else(|| super::protocol("admit", reply.clone()))
         };
-        match (
-            reply.first().map(String::as_str),
-            reply.get(1).map(String::as_str),
-        ) {
-            (Some("refused"), Some("rate")) => Ok(Admitted::RateShort(index(reply.get(2))?)),
+        let mut words = reply.split(' ');
+        match (words.next(), words.next()) {
+            (Some("refused"), Some("rate")) => Ok(Admitted::RateShort(index(words.next())?)),
             (Some("refused"), Some("busy")) => Ok(Admitted::Busy),
-            (Some("refused"), Some("budget")) => Ok(Admitted::OverBudget(index(reply.get(2))?)),
-            _ => Ok(Admitted::Enqueued(super::enqueued(reply)?)),
+            (Some("refused"), Some("budget")) => Ok(Admitted::OverBudget(index(words.next())?)),
+            _ => Ok(Admitted::Enqueued(super::enqueued(&reply)?)),
         }
     }
 }

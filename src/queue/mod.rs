@@ -150,8 +150,8 @@ impl Queue {
         let s = self.settings();
         Ok(ScriptCall::new(&self.scripts().enqueue, keys)
             .arg(cid)
-            .arg(serde_json::to_string(message)?)
-            .arg(serde_json::to_string(destination)?)
+            .arg_owned(json(message, 256 + message.text.len())?)
+            .arg_owned(json(destination, 128)?)
             .arg(s.inbox_cap)
             .arg(Self::ms(s.idle_ttl))
             .arg(s.dedupe_ttl.as_secs().max(1))
@@ -194,7 +194,7 @@ impl Queue {
     ) -> Result<Enqueued, QueueError> {
         let call = self.enqueue_call(message, destination, mode, acknowledge)?;
         let mut conn = self.shared_conn().await?;
-        enqueued(call.invoke_on(&mut conn).await?)
+        enqueued(&call.invoke_on::<String, _>(&mut conn).await?)
     }
 
     /// Whether a conversation record exists (e.g. a Slack thread the bot is in).
@@ -354,18 +354,29 @@ fn parse_claim(
 }
 
 /// What enqueue.lua answered.
-fn enqueued(reply: Vec<String>) -> Result<Enqueued, QueueError> {
-    match reply.first().map(String::as_str) {
+/// `value` as JSON, in a buffer of about the size it will need.
+fn json(value: &impl serde::Serialize, capacity: usize) -> Result<Vec<u8>, QueueError> {
+    let mut out = Vec::with_capacity(capacity);
+    serde_json::to_writer(&mut out, value)?;
+    Ok(out)
+}
+
+fn enqueued(reply: &str) -> Result<Enqueued, QueueError> {
+    let mut words = reply.splitn(5, ' ');
+    match words.next() {
         // The script woke the owner it routed the conversation to.
-        Some("queued") if reply.len() == 5 => Ok(Enqueued::Queued {
-            position: reply[2].parse().unwrap_or(0),
-            ahead: reply[4].parse().ok(),
-            id: reply[1].clone(),
-        }),
+        Some("queued") => match (words.next(), words.next(), words.next(), words.next()) {
+            (Some(id), Some(position), Some(ahead), Some(_owner)) => Ok(Enqueued::Queued {
+                position: position.parse().unwrap_or(0),
+                ahead: ahead.parse().ok(),
+                id: id.to_owned(),
+            }),
+            _ => Err(protocol("enqueue", reply.to_owned())),
+        },
         Some("duplicate") => Ok(Enqueued::Duplicate),
         Some("overflow") => Ok(Enqueued::Overflow),
         Some("no_conversation") => Ok(Enqueued::NoConversation),
-        _ => Err(protocol("enqueue", format!("{reply:?}"))),
+        _ => Err(protocol("enqueue", reply.to_owned())),
     }
 }
 

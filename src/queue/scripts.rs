@@ -78,17 +78,26 @@ impl<'a> ScriptCall<'a> {
         Self {
             script,
             keys,
-            args: Vec::new(),
+            args: Vec::with_capacity(16),
         }
     }
 
-    pub fn arg(mut self, arg: impl ToString) -> Self {
-        self.args.push(arg.to_string().into_bytes());
+    /// One argument: a string or a number (integers are written without
+    /// going through `fmt`). Only single-valued types belong here: a
+    /// collection would add one argument per element.
+    pub fn arg(mut self, arg: impl redis::ToRedisArgs) -> Self {
+        arg.write_redis_args(&mut self.args);
         self
     }
 
     pub fn arg_bytes(mut self, arg: &[u8]) -> Self {
         self.args.push(arg.to_vec());
+        self
+    }
+
+    /// An argument already in its own buffer (no copy).
+    pub fn arg_owned(mut self, arg: Vec<u8>) -> Self {
+        self.args.push(arg);
         self
     }
 
@@ -125,8 +134,15 @@ impl<'a> ScriptCall<'a> {
     /// The `EVALSHA` command alone (e.g. for a pipeline; see [`is_no_script`]
     /// for when Redis does not have the script).
     pub fn evalsha(&self) -> redis::Cmd {
-        let mut cmd = redis::cmd("EVALSHA");
-        cmd.arg(self.script.get_hash())
+        // Sized up front: a Slack event's call has some thirty arguments,
+        // and growing the buffers one push at a time costs more than filling them.
+        let count = 3 + self.keys.len() + self.args.len();
+        let data = 64
+            + self.keys.iter().map(String::len).sum::<usize>()
+            + self.args.iter().map(Vec::len).sum::<usize>();
+        let mut cmd = redis::Cmd::with_capacity(count, data);
+        cmd.arg("EVALSHA")
+            .arg(self.script.get_hash())
             .arg(self.keys.len())
             .arg(&self.keys)
             .arg(&self.args);

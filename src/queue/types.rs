@@ -35,6 +35,18 @@ impl std::fmt::Display for WorkerId {
     }
 }
 
+/// Ids go to scripts as their text.
+macro_rules! redis_arg_as_str {
+    ($($t:ty),*) => {$(
+        impl redis::ToRedisArgs for $t {
+            fn write_redis_args<W: ?Sized + redis::RedisWrite>(&self, out: &mut W) {
+                out.write_arg(self.as_str().as_bytes());
+            }
+        }
+    )*};
+}
+redis_arg_as_str!(WorkerId, ConversationId);
+
 /// Which slot of which worker holds (or last held) a conversation's live
 /// session. The generation changes each time the slot's process is replaced.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

@@ -155,7 +155,17 @@ pub fn decide(
     settings: &SlackIngressSettings,
     received_at_ms: u64,
 ) -> Result<Decision, EventError> {
-    decide_envelope(serde_json::from_slice(body)?, settings, received_at_ms)
+    // A message event reads in one pass. Anything else (another kind of
+    // event, a message with a field of the wrong type, a body that is not
+    // JSON) fails that read and is read again the long way, which says which.
+    match serde_json::from_slice::<Envelope<MessageEvent>>(body) {
+        Ok(envelope) => decide_envelope(envelope, settings, received_at_ms),
+        Err(_) => decide_envelope(
+            serde_json::from_slice::<Envelope>(body)?,
+            settings,
+            received_at_ms,
+        ),
+    }
 }
 
 /// [`decide`] for a body already parsed as JSON, e.g. a Socket Mode
@@ -179,15 +189,46 @@ fn message_type(kind: Option<&str>) -> Result<&'static str, IgnoreReason> {
     }
 }
 
-fn decide_envelope(
-    envelope: Envelope,
+/// An envelope's `event`, read as a message when it is one.
+trait ReadEvent<'a> {
+    /// The event's type and fields; why not when it is not a message.
+    fn message(self) -> Result<(&'static str, MessageEvent<'a>), IgnoreReason>;
+}
+
+impl<'a> ReadEvent<'a> for MessageEvent<'a> {
+    fn message(self) -> Result<(&'static str, MessageEvent<'a>), IgnoreReason> {
+        Ok((message_type(self.kind.as_deref())?, self))
+    }
+}
+
+impl<'a> ReadEvent<'a> for &'a serde_json::value::RawValue {
+    fn message(self) -> Result<(&'static str, MessageEvent<'a>), IgnoreReason> {
+        // Only an event that does not read as a message is parsed again, for
+        // its type: another kind of event is not ours, a message that does
+        // not read is malformed.
+        match serde_json::from_str::<MessageEvent>(self.get()) {
+            Ok(event) => event.message(),
+            Err(_) => {
+                let kind = serde_json::from_str::<EventKind>(self.get())
+                    .map_err(|_| IgnoreReason::UnsupportedEvent)?;
+                message_type(kind.kind.as_deref())?;
+                Err(IgnoreReason::MalformedEvent)
+            }
+        }
+    }
+}
+
+fn decide_envelope<'a, E: ReadEvent<'a>>(
+    envelope: Envelope<'a, E>,
     settings: &SlackIngressSettings,
     received_at_ms: u64,
 ) -> Result<Decision, EventError> {
-    match envelope.kind.as_str() {
+    match &*envelope.kind {
         "url_verification" => {
             let challenge = envelope.challenge.ok_or(EventError::MissingChallenge)?;
-            Ok(Decision::UrlVerification { challenge })
+            Ok(Decision::UrlVerification {
+                challenge: challenge.to_string(),
+            })
         }
         "event_callback" => Ok(match candidate(envelope, settings, received_at_ms) {
             Ok(candidate) => Decision::Message(Box::new(candidate)),
@@ -197,8 +238,8 @@ fn decide_envelope(
     }
 }
 
-fn candidate(
-    mut envelope: Envelope,
+fn candidate<'a, E: ReadEvent<'a>>(
+    mut envelope: Envelope<'a, E>,
     settings: &SlackIngressSettings,
     received_at_ms: u64,
 ) -> Result<Candidate, IgnoreReason> {
@@ -207,20 +248,11 @@ fn candidate(
     {
         return Err(IgnoreReason::OtherApp);
     }
-    let raw = envelope.event.take().ok_or(IgnoreReason::IncompleteEvent)?;
-    // One pass for the common case (a message); only an event that does not
-    // read as one is parsed again, for its type: another kind of event is
-    // not ours, a message that does not read is malformed.
-    let (event_type, event) = match serde_json::from_str::<MessageEvent>(raw.get()) {
-        Ok(event) => (message_type(event.kind.as_deref())?, event),
-        Err(_) => {
-            let kind = serde_json::from_str::<EventKind>(raw.get())
-                .map_err(|_| IgnoreReason::UnsupportedEvent)?;
-            message_type(kind.kind.as_deref())?;
-            return Err(IgnoreReason::MalformedEvent);
-        }
-    };
-
+    let (event_type, event) = envelope
+        .event
+        .take()
+        .ok_or(IgnoreReason::IncompleteEvent)?
+        .message()?;
     check_subtype(event.subtype.as_deref())?;
     let own = OwnBot::new(settings, &envelope);
     if own.wrote(&event) {
@@ -238,8 +270,16 @@ fn candidate(
     let message = InboundMessage {
         conversation: route.conversation,
         dedupe_keys: vec![
-            format!("slack:event:{}", fields.event_id),
-            format!("slack:msg:{}:{}:{}", fields.team, fields.channel, fields.ts),
+            ["slack:event:", fields.event_id].concat(),
+            [
+                "slack:msg:",
+                fields.team,
+                ":",
+                fields.channel,
+                ":",
+                fields.ts,
+            ]
+            .concat(),
         ],
         sender: fields.user.to_owned(),
         sender_name: None,
@@ -286,7 +326,7 @@ struct OwnBot<'a> {
 }
 
 impl<'a> OwnBot<'a> {
-    fn new(settings: &'a SlackIngressSettings, envelope: &'a Envelope) -> Self {
+    fn new<E>(settings: &'a SlackIngressSettings, envelope: &'a Envelope<'_, E>) -> Self {
         let from_authorizations = envelope
             .authorizations
             .iter()
@@ -331,7 +371,11 @@ fn strip_leading_mention<'t>(text: &'t str, bot: &str) -> Option<&'t str> {
 }
 
 fn mentions(text: &str, bot: &str) -> bool {
-    text.contains(&format!("<@{bot}>")) || text.contains(&format!("<@{bot}|"))
+    text.match_indices("<@").any(|(at, _)| {
+        text[at + 2..]
+            .strip_prefix(bot)
+            .is_some_and(|rest| rest.starts_with(['>', '|']))
+    })
 }
 
 /// The fields every candidate needs, present and non-empty.
@@ -344,7 +388,7 @@ struct Fields<'a> {
 }
 
 impl<'a> Fields<'a> {
-    fn new(envelope: &'a Envelope, event: &'a MessageEvent) -> Option<Self> {
+    fn new<E>(envelope: &'a Envelope<'_, E>, event: &'a MessageEvent) -> Option<Self> {
         Some(Self {
             event_id: present(&envelope.event_id)?,
             team: present(&envelope.team_id).or_else(|| present(&event.team))?,
@@ -410,13 +454,13 @@ fn file_ref(file: &File) -> Option<FileRef> {
             .or_else(|| present(&file.title))
             .unwrap_or_default()
             .to_owned(),
-        mimetype: file.mimetype.clone(),
+        mimetype: file.mimetype.as_deref().map(str::to_owned),
         size: file.size,
-        url: file.url_private.clone(),
+        url: file.url_private.as_deref().map(str::to_owned),
     })
 }
 
 /// The value, unless absent or empty.
-fn present(value: &Option<String>) -> Option<&str> {
+fn present<T: std::ops::Deref<Target = str>>(value: &Option<T>) -> Option<&str> {
     value.as_deref().filter(|v| !v.is_empty())
 }

@@ -719,3 +719,34 @@ fn arbitrary_corruptions_of_real_payloads_never_panic() {
         }
     }
 }
+
+/// Fields are borrowed from the body when they hold no escapes: those that
+/// do must come out unescaped all the same, in the one-pass read and in the
+/// long one (an event of another shape).
+#[test]
+fn escaped_fields_are_unescaped() {
+    let body = br#"{"type":"event_callback","team_id":"T0001","api_app_id":"A0APP",
+        "event_id":"Ev\u0031","event":{"type":"message","channel_type":"im",
+        "channel":"D\u0030DM","user":"UALICE","ts":"1.2","team":"T0001",
+        "text":"caf\u00e9 \"hi\" a\/b\n"}}"#;
+    let Decision::Message(c) = decide(body, &settings(), NOW_MS).expect("decision") else {
+        panic!("expected a message");
+    };
+    assert_eq!(c.message.text, "café \"hi\" a/b\n");
+    assert_eq!(c.message.dedupe_keys[0], "slack:event:Ev1");
+    assert_eq!(
+        c.destination,
+        Destination::Slack {
+            team: TEAM.into(),
+            channel: "D0DM".into(),
+            thread_ts: None,
+        }
+    );
+    // The same event with a field of another shape: not a message.
+    let odd = br#"{"type":"event_callback","team_id":"T0001","event_id":"Ev\u0032",
+        "event":{"type":"reaction_\u0061dded","user":{"id":"U1"}}}"#;
+    assert_eq!(
+        decide(odd, &settings(), NOW_MS).expect("decision"),
+        Decision::Ignore(IgnoreReason::UnsupportedEvent)
+    );
+}

@@ -9,115 +9,155 @@
 //! with `event` kept as raw JSON; only `message` and `app_mention` events are
 //! then read into [`MessageEvent`], and a mismatch there is reported as such.
 
-use serde::Deserialize;
+use std::borrow::Cow;
+use std::ops::Deref;
 
-/// The outer body of every Events API request.
+use serde::{Deserialize, Deserializer};
+
+/// A string field, borrowed from the request body when it holds no escapes
+/// (the common case: no copy), else unescaped into its own buffer.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub(super) struct Text<'a>(Cow<'a, str>);
+
+impl Deref for Text<'_> {
+    type Target = str;
+    fn deref(&self) -> &str {
+        &self.0
+    }
+}
+
+impl<'de: 'a, 'a> Deserialize<'de> for Text<'a> {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct Visitor;
+        impl<'de> serde::de::Visitor<'de> for Visitor {
+            type Value = Text<'de>;
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("a string")
+            }
+            fn visit_borrowed_str<E>(self, v: &'de str) -> Result<Self::Value, E> {
+                Ok(Text(Cow::Borrowed(v)))
+            }
+            fn visit_str<E>(self, v: &str) -> Result<Self::Value, E> {
+                Ok(Text(Cow::Owned(v.to_owned())))
+            }
+            fn visit_string<E>(self, v: String) -> Result<Self::Value, E> {
+                Ok(Text(Cow::Owned(v)))
+            }
+        }
+        deserializer.deserialize_str(Visitor)
+    }
+}
+
+/// The outer body of every Events API request. Its `event` is read as
+/// raw JSON by default, or straight as a [`MessageEvent`] (one pass, for
+/// the common case; any other shape fails the whole read).
 #[derive(Debug, Deserialize)]
-pub(super) struct Envelope {
+#[serde(bound(deserialize = "E: Deserialize<'de>"))]
+pub(super) struct Envelope<'a, E = &'a serde_json::value::RawValue> {
     /// `url_verification`, `event_callback`, `app_rate_limited`, ...
-    #[serde(rename = "type")]
-    pub kind: String,
+    #[serde(borrow, rename = "type")]
+    pub kind: Text<'a>,
     /// Set on `url_verification`.
-    #[serde(default)]
-    pub challenge: Option<String>,
-    #[serde(default)]
-    pub team_id: Option<String>,
-    #[serde(default)]
-    pub api_app_id: Option<String>,
-    #[serde(default)]
-    pub event_id: Option<String>,
+    #[serde(default, borrow)]
+    pub challenge: Option<Text<'a>>,
+    #[serde(default, borrow)]
+    pub team_id: Option<Text<'a>>,
+    #[serde(default, borrow)]
+    pub api_app_id: Option<Text<'a>>,
+    #[serde(default, borrow)]
+    pub event_id: Option<Text<'a>>,
     /// Read according to its `type`; other types' shapes vary too much.
     #[serde(default)]
-    pub event: Option<Box<serde_json::value::RawValue>>,
+    pub event: Option<E>,
     /// Who the event is delivered to: includes this app's bot user.
-    #[serde(default)]
-    pub authorizations: Option<Vec<Authorization>>,
+    #[serde(default, borrow)]
+    pub authorizations: Option<Vec<Authorization<'a>>>,
 }
 
 /// Just an event's `type`.
 #[derive(Debug, Deserialize)]
-pub(super) struct EventKind {
-    #[serde(default, rename = "type")]
-    pub kind: Option<String>,
+pub(super) struct EventKind<'a> {
+    #[serde(default, borrow, rename = "type")]
+    pub kind: Option<Text<'a>>,
 }
 
 #[derive(Debug, Deserialize)]
-pub(super) struct Authorization {
-    #[serde(default)]
-    pub user_id: Option<String>,
+pub(super) struct Authorization<'a> {
+    #[serde(default, borrow)]
+    pub user_id: Option<Text<'a>>,
     #[serde(default)]
     pub is_bot: Option<bool>,
 }
 
 /// A `message` or `app_mention` event.
 #[derive(Debug, Default, Deserialize)]
-pub(super) struct MessageEvent {
+pub(super) struct MessageEvent<'a> {
     /// `message` or `app_mention` (other types are not read as this).
-    #[serde(default, rename = "type")]
-    pub kind: Option<String>,
-    #[serde(default)]
-    pub subtype: Option<String>,
-    #[serde(default)]
-    pub user: Option<String>,
-    #[serde(default)]
-    pub bot_id: Option<String>,
+    #[serde(default, borrow, rename = "type")]
+    pub kind: Option<Text<'a>>,
+    #[serde(default, borrow)]
+    pub subtype: Option<Text<'a>>,
+    #[serde(default, borrow)]
+    pub user: Option<Text<'a>>,
+    #[serde(default, borrow)]
+    pub bot_id: Option<Text<'a>>,
     /// The sender's own workspace, when it differs (Slack Connect).
-    #[serde(default)]
-    pub user_team: Option<String>,
+    #[serde(default, borrow)]
+    pub user_team: Option<Text<'a>>,
     /// The sender's profile, where Slack includes it.
-    #[serde(default)]
-    pub user_profile: Option<UserProfile>,
+    #[serde(default, borrow)]
+    pub user_profile: Option<UserProfile<'a>>,
     /// The app that posted the message, when an app did.
-    #[serde(default)]
-    pub app_id: Option<String>,
-    #[serde(default)]
-    pub bot_profile: Option<BotProfile>,
-    #[serde(default)]
-    pub team: Option<String>,
-    #[serde(default)]
-    pub channel: Option<String>,
+    #[serde(default, borrow)]
+    pub app_id: Option<Text<'a>>,
+    #[serde(default, borrow)]
+    pub bot_profile: Option<BotProfile<'a>>,
+    #[serde(default, borrow)]
+    pub team: Option<Text<'a>>,
+    #[serde(default, borrow)]
+    pub channel: Option<Text<'a>>,
     /// `channel`, `group`, `im`, `mpim`; absent on `app_mention`.
-    #[serde(default)]
-    pub channel_type: Option<String>,
-    #[serde(default)]
-    pub text: Option<String>,
-    #[serde(default)]
-    pub ts: Option<String>,
-    #[serde(default)]
-    pub thread_ts: Option<String>,
-    #[serde(default)]
-    pub files: Option<Vec<File>>,
+    #[serde(default, borrow)]
+    pub channel_type: Option<Text<'a>>,
+    #[serde(default, borrow)]
+    pub text: Option<Text<'a>>,
+    #[serde(default, borrow)]
+    pub ts: Option<Text<'a>>,
+    #[serde(default, borrow)]
+    pub thread_ts: Option<Text<'a>>,
+    #[serde(default, borrow)]
+    pub files: Option<Vec<File<'a>>>,
 }
 
 #[derive(Debug, Deserialize)]
-pub(super) struct BotProfile {
-    #[serde(default)]
-    pub app_id: Option<String>,
+pub(super) struct BotProfile<'a> {
+    #[serde(default, borrow)]
+    pub app_id: Option<Text<'a>>,
 }
 
 /// File metadata. Files hidden by plan limits carry little more than an id.
 #[derive(Debug, Deserialize)]
-pub(super) struct File {
-    #[serde(default)]
-    pub id: Option<String>,
-    #[serde(default)]
-    pub name: Option<String>,
-    #[serde(default)]
-    pub title: Option<String>,
-    #[serde(default)]
-    pub mimetype: Option<String>,
+pub(super) struct File<'a> {
+    #[serde(default, borrow)]
+    pub id: Option<Text<'a>>,
+    #[serde(default, borrow)]
+    pub name: Option<Text<'a>>,
+    #[serde(default, borrow)]
+    pub title: Option<Text<'a>>,
+    #[serde(default, borrow)]
+    pub mimetype: Option<Text<'a>>,
     #[serde(default)]
     pub size: Option<u64>,
-    #[serde(default)]
-    pub url_private: Option<String>,
+    #[serde(default, borrow)]
+    pub url_private: Option<Text<'a>>,
 }
 
 /// The part of `user_profile` admission reads.
 #[derive(Debug, Default, Deserialize)]
-pub struct UserProfile {
+pub struct UserProfile<'a> {
     /// A user from another organisation (Slack Connect).
     #[serde(default)]
     pub is_stranger: Option<bool>,
-    #[serde(default)]
-    pub team: Option<String>,
+    #[serde(default, borrow)]
+    pub team: Option<Text<'a>>,
 }

@@ -5,9 +5,12 @@
 --       9 source id to acknowledge ('' for none): egress shows the user it was seen,
 --       10 number of seen keys (optional: all KEYS after the 8th; admit.lua
 --       puts more keys after them)
--- Returns {'queued', id, position, owner, ahead} | {'duplicate'} | {'overflow'} | {'no_conversation'}
+-- Returns one string, words separated by spaces (one bulk reply is the
+-- cheapest for the client to read): 'queued <id> <position> <ahead> <owner>'
+-- | 'duplicate' | 'overflow' | 'no_conversation'
 --   (ahead: conversations before it in the shared ready queue when this message
---   put it there, else '')
+--   put it there, else '-'; owner: the worker woken for it, else empty, last
+--   so that it may hold anything)
 local conv, inbox, outbox, dead = KEYS[1], KEYS[2], KEYS[7], KEYS[8]
 local cid = ARGV[1]
 local now = now_ms()
@@ -17,10 +20,10 @@ local last_seen = 8 + (tonumber(ARGV[10]) or (#KEYS - 8))
 local state = admitted.state
 if not admitted.checked then
   for i = 9, last_seen do
-    if redis.call('EXISTS', KEYS[i]) == 1 then return {'duplicate'} end
+    if redis.call('EXISTS', KEYS[i]) == 1 then return 'duplicate' end
   end
   state = redis.call('HGET', conv, 'state')
-  if ARGV[8] == '1' and not state then return {'no_conversation'} end
+  if ARGV[8] == '1' and not state then return 'no_conversation' end
   for i = 9, last_seen do redis.call('SET', KEYS[i], '1', 'EX', ARGV[6]) end
 end
 if state then
@@ -41,7 +44,7 @@ if len >= tonumber(ARGV[4]) then
       'reply_id', cid .. '/overflow/' .. n, 'part', 0, 'seq', 0,
       'error', 'inbox_overflow', 'text', ARGV[7], 'at_ms', now)
   end
-  return {'overflow'}
+  return 'overflow'
 end
 local id = redis.call('XADD', inbox, '*', 'm', ARGV[2])
 if ARGV[9] ~= '' then
@@ -56,4 +59,4 @@ if state == 'idle' then
   -- its place: the sender is told once per wait, not once per message.
   if owner == '' then ahead = redis.call('ZRANK', KEYS[3], cid) end
 end
-return {'queued', id, tostring(len + 1), owner, ahead and tostring(ahead) or ''}
+return 'queued ' .. id .. ' ' .. (len + 1) .. ' ' .. (ahead and tostring(ahead) or '-') .. ' ' .. owner
