@@ -280,19 +280,21 @@ impl Admission {
         settings: &AdmissionSettings,
     ) -> Result<Option<Refusal>, QueueError> {
         let caps = daily_caps(team, channel, user, settings);
-        if caps.iter().all(|c| c.1 <= 0.0) {
+        // Only caps that are on have a field to read.
+        let on: Vec<_> = caps.iter().filter(|c| c.1 > 0.0).collect();
+        if on.is_empty() {
             return Ok(None);
         }
         let key = self.queue.keys().shard(0).usage(&day(self.now()));
         let mut conn = self.queue.connection().await?;
-        let fields: Vec<&str> = caps.iter().map(|c| c.0.as_str()).collect();
+        let fields: Vec<&str> = on.iter().map(|c| c.0.as_str()).collect();
         let spent: Vec<Option<f64>> = redis::cmd("HMGET")
             .arg(&key)
             .arg(&fields)
             .query_async(&mut *conn)
             .await?;
-        for ((_, cap, refusal), spent) in caps.iter().zip(spent) {
-            if *cap > 0.0 && spent.unwrap_or(0.0) >= *cap {
+        for ((_, cap, refusal), spent) in on.into_iter().zip(spent) {
+            if spent.unwrap_or(0.0) >= *cap {
                 return Ok(Some(*refusal));
             }
         }

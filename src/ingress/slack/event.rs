@@ -155,12 +155,12 @@ pub fn decide(
     settings: &SlackIngressSettings,
     received_at_ms: u64,
 ) -> Result<Decision, EventError> {
-    // A message event reads in one pass. Anything else (another kind of
-    // event, a message with a field of the wrong type, a body that is not
-    // JSON) fails that read and is read again the long way, which says which.
     // The body is checked as UTF-8 once, not string by string.
     let body = std::str::from_utf8(body)
         .map_err(|e| <serde_json::Error as serde::de::Error>::custom(format!("not UTF-8: {e}")))?;
+    // A message event reads in one pass. Anything else (another kind of
+    // event, a message with a field of the wrong type, a body that is not
+    // JSON) fails that read and is read again the long way, which says which.
     match serde_json::from_str::<Envelope<MessageEvent>>(body) {
         Ok(envelope) => decide_envelope(envelope, settings, received_at_ms),
         Err(_) => decide_envelope(
