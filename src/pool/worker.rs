@@ -179,6 +179,9 @@ impl Worker {
 }
 
 async fn claim_loop(shared: &Arc<Shared>, turns: &TaskTracker, shutdown: &CancellationToken) {
+    // Whether the last claim said more was ready: this claim then holds no
+    // wake-up, and takes the one queued with what it pops.
+    let mut more_ready = false;
     while !shutdown.is_cancelled() {
         // Created before the check, so a slot freed in between wakes us.
         let changed = shared.changed.notified();
@@ -191,7 +194,12 @@ async fn claim_loop(shared: &Arc<Shared>, turns: &TaskTracker, shutdown: &Cancel
                 _ = tokio::time::sleep(Duration::from_millis(200)) => continue,
             }
         }
-        match shared.queue.claim(&shared.id, 0).await {
+        let claimed = if std::mem::take(&mut more_ready) {
+            shared.queue.claim_more(&shared.id, 0).await
+        } else {
+            shared.queue.claim(&shared.id, 0).await
+        };
+        match claimed {
             Ok(ClaimOutcome::Claimed(claim)) if waited_too_long(shared, &claim) => {
                 let busy = "I was too busy to get to this in time; please try again later.";
                 if let Err(e) = shared
@@ -203,7 +211,7 @@ async fn claim_loop(shared: &Arc<Shared>, turns: &TaskTracker, shutdown: &Cancel
                 }
             }
             Ok(ClaimOutcome::Claimed(claim)) => {
-                let more_ready = claim.more_ready;
+                more_ready = claim.more_ready;
                 start_turn(shared, turns, shutdown, claim).await;
                 if !more_ready {
                     wait_for_work(shared, shutdown).await;

@@ -197,8 +197,15 @@ impl ShardKeys {
         keys.extend(dedupe.iter().map(|d| self.seen(d)));
         keys
     }
-    pub fn pop_keys(&self) -> Vec<String> {
-        vec![self.ready(), self.affine(), self.leases(), self.holders()]
+    pub fn pop_keys(&self, worker: &str) -> Vec<String> {
+        vec![
+            self.ready(),
+            self.affine(),
+            self.leases(),
+            self.holders(),
+            self.wake(),
+            self.wake_worker(worker),
+        ]
     }
     /// claim.lua and fail.lua.
     pub fn turn_end_keys(&self, cid: &ConversationId) -> Vec<String> {

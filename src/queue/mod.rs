@@ -237,16 +237,45 @@ impl Queue {
     }
 
     /// Claim the next ready conversation for `worker`'s `slot`: its own
-    /// affinity queue first, then the shared queue, over every shard.
+    /// affinity queue first, then the shared queue, over every shard. The
+    /// caller has just taken a wake-up from its wake list (or has none to
+    /// take): see [`Queue::claim_more`] for a claim made because the last
+    /// one said more was ready.
     pub async fn claim(&self, worker: &WorkerId, slot: u32) -> Result<ClaimOutcome, QueueError> {
+        self.claim_taking(worker, slot, false).await
+    }
+
+    /// [`Queue::claim`] after a claim that said `more_ready`: the worker
+    /// took no wake-up for this one, so the pop removes the one queued with
+    /// what it takes. Otherwise that wake-up would be left behind, and the
+    /// worker's next wait would return at once only to pop an empty queue.
+    /// With several shards a wake-up cannot be matched to its shard, and
+    /// this is [`Queue::claim`].
+    pub async fn claim_more(
+        &self,
+        worker: &WorkerId,
+        slot: u32,
+    ) -> Result<ClaimOutcome, QueueError> {
+        self.claim_taking(worker, slot, self.keys().shards() == 1)
+            .await
+    }
+
+    async fn claim_taking(
+        &self,
+        worker: &WorkerId,
+        slot: u32,
+        take_wake: bool,
+    ) -> Result<ClaimOutcome, QueueError> {
         let shards = usize::from(self.keys().shards());
         let start = self.inner.next_shard.fetch_add(1, Ordering::Relaxed);
         for i in 0..shards {
             let shard = ((start + i) % shards) as u16;
             // A popped conversation can turn out stale (its state moved on);
-            // keep popping this shard until a claim or an empty queue.
-            for _ in 0..64 {
-                match self.claim_in_shard(shard, worker, slot).await? {
+            // keep popping this shard until a claim or an empty queue. The
+            // pops after the first hold no wake-up of their own.
+            for attempt in 0..64 {
+                let take = take_wake || (attempt > 0 && shards == 1);
+                match self.claim_in_shard(shard, worker, slot, take).await? {
                     Some(ClaimOutcome::Empty) => break,
                     Some(outcome) => return Ok(outcome),
                     None => continue,
@@ -262,15 +291,18 @@ impl Queue {
         shard: u16,
         worker: &WorkerId,
         slot: u32,
+        take_wake: bool,
     ) -> Result<Option<ClaimOutcome>, QueueError> {
         let k = self.keys().shard(shard);
         let ttl = Self::ms(self.settings().lease_ttl);
         let mut conn = self.conn().await?;
-        let popped: Option<(String, String)> = ScriptCall::new(&self.scripts().pop, k.pop_keys())
-            .arg(worker)
-            .arg(ttl)
-            .invoke(&mut conn)
-            .await?;
+        let popped: Option<(String, String)> =
+            ScriptCall::new(&self.scripts().pop, k.pop_keys(worker.as_str()))
+                .arg(worker)
+                .arg(ttl)
+                .arg(if take_wake { "1" } else { "0" })
+                .invoke(&mut conn)
+                .await?;
         let Some((cid, more)) = popped else {
             return Ok(Some(ClaimOutcome::Empty));
         };

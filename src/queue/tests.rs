@@ -51,7 +51,7 @@ fn every_scripts_keys_fall_in_one_hash_slot() {
         shards_seen.insert(k.shard);
         let lists = [
             ("enqueue", k.enqueue_keys(&cid, &dedupe)),
-            ("pop", k.pop_keys()),
+            ("pop", k.pop_keys("w1")),
             ("claim/fail", k.turn_end_keys(&cid)),
             ("renew", k.renew_keys(&cid)),
             ("progress", k.progress_keys(&cid)),

@@ -45,6 +45,7 @@ pub const WORKER_COMMANDS: &[&str] = &[
     "rpush",
     "ltrim",
     "blpop",
+    "lpop",
     "zadd",
     "zrem",
     "zscore",
