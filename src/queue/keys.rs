@@ -56,6 +56,10 @@ impl Keys {
     }
 }
 
+/// Where a conversation's hash and inbox keys start, after the shard's base.
+const CONV: &str = ":conv:";
+const INBOX: &str = ":inbox:";
+
 /// The keys of one shard.
 #[derive(Debug, Clone)]
 pub struct ShardKeys {
@@ -78,11 +82,20 @@ impl ShardKeys {
 
     /// Hash: the conversation record (destination, state, epoch, owner, counters).
     pub fn conv(&self, cid: &ConversationId) -> String {
-        self.join(&[":conv:", cid.as_str()])
+        self.join(&[CONV, cid.as_str()])
+    }
+    /// A conversation's key is this and its id: for a script that names the
+    /// key of a conversation it picks itself (pop_claim.lua).
+    pub fn conv_prefix(&self) -> String {
+        self.join(&[CONV])
     }
     /// Stream: messages waiting for the conversation, in arrival order.
     pub fn inbox(&self, cid: &ConversationId) -> String {
-        self.join(&[":inbox:", cid.as_str()])
+        self.join(&[INBOX, cid.as_str()])
+    }
+    /// As [`ShardKeys::conv_prefix`], for the inbox.
+    pub fn inbox_prefix(&self) -> String {
+        self.join(&[INBOX])
     }
     /// String: the agent session's transcript, for resume anywhere.
     pub fn session(&self, cid: &ConversationId) -> String {
@@ -197,13 +210,19 @@ impl ShardKeys {
         keys.extend(dedupe.iter().map(|d| self.seen(d)));
         keys
     }
-    pub fn pop_keys(&self, worker: &str) -> Vec<String> {
+    /// pop_claim.lua. The popped conversation's keys are named in the
+    /// script from [`ShardKeys::conv_prefix`] and
+    /// [`ShardKeys::inbox_prefix`].
+    pub fn pop_claim_keys(&self, worker: &str) -> Vec<String> {
         vec![
-            self.ready(),
-            self.affine(),
             self.leases(),
             self.holders(),
+            self.ready(),
+            self.affine(),
+            self.workers(),
             self.wake(),
+            self.outbox(),
+            self.dead(),
             self.wake_worker(worker),
         ]
     }

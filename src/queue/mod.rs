@@ -294,39 +294,39 @@ impl Queue {
         take_wake: bool,
     ) -> Result<Option<ClaimOutcome>, QueueError> {
         let k = self.keys().shard(shard);
-        let ttl = Self::ms(self.settings().lease_ttl);
         let mut conn = self.conn().await?;
-        let popped: Option<(String, String)> =
-            ScriptCall::new(&self.scripts().pop, k.pop_keys(worker.as_str()))
+        let reply: Option<Vec<String>> =
+            ScriptCall::new(&self.scripts().pop_claim, k.pop_claim_keys(worker.as_str()))
+                .arg(k.conv_prefix())
+                .arg(k.inbox_prefix())
                 .arg(worker)
-                .arg(ttl)
+                .arg(slot)
+                .arg(Self::ms(self.settings().lease_ttl))
+                .arg(self.settings().max_attempts)
+                .arg(DEAD_LETTER_TEXT)
                 .arg(if take_wake { "1" } else { "0" })
                 .invoke(&mut conn)
                 .await?;
-        let Some((cid, more)) = popped else {
+        let Some(reply) = reply else {
             return Ok(Some(ClaimOutcome::Empty));
+        };
+        let (Some(outcome), Some(cid), Some(more)) = (reply.first(), reply.get(1), reply.get(2))
+        else {
+            return Err(protocol("pop_claim", format!("{reply:?}")));
         };
         // With more than one shard, another shard may hold work.
         let more_ready = more == "1" || self.keys().shards() > 1;
-        let cid = ConversationId::new(cid);
-        let reply: Vec<String> = ScriptCall::new(&self.scripts().claim, k.turn_end_keys(&cid))
-            .arg(&cid)
-            .arg(worker)
-            .arg(slot)
-            .arg(ttl)
-            .arg(self.settings().max_attempts)
-            .arg(DEAD_LETTER_TEXT)
-            .invoke(&mut conn)
-            .await?;
-        match reply.first().map(String::as_str) {
-            Some("claimed") => {
-                let mut claim = parse_claim(cid, worker, slot, &reply)?;
+        let cid = ConversationId::new(cid.clone());
+        match outcome.as_str() {
+            "claimed" => {
+                // From the third field on, the fields are the claim's.
+                let mut claim = parse_claim(cid, worker, slot, &reply[2..])?;
                 claim.more_ready = more_ready;
                 Ok(Some(ClaimOutcome::Claimed(Box::new(claim))))
             }
-            Some("dead") => Ok(Some(ClaimOutcome::DeadLettered { conversation: cid })),
-            Some("stale") | Some("lost") => Ok(None),
-            _ => Err(protocol("claim", format!("{reply:?}"))),
+            "dead" => Ok(Some(ClaimOutcome::DeadLettered { conversation: cid })),
+            "stale" => Ok(None),
+            _ => Err(protocol("pop_claim", format!("{reply:?}"))),
         }
     }
 }
@@ -335,6 +335,9 @@ fn protocol(script: &'static str, detail: String) -> QueueError {
     QueueError::Protocol { script, detail }
 }
 
+/// A claim from pop_claim.lua's fields: `reply[0]` is skipped, then epoch,
+/// attempt, batch end, owner (worker, slot, generation), session id,
+/// destination, and the batch's (id, message) pairs.
 fn parse_claim(
     cid: ConversationId,
     worker: &WorkerId,

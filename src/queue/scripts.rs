@@ -19,8 +19,8 @@ pub struct Scripts {
     pub enqueue: Script,
     /// admission, then enqueue (see admit.lua).
     pub admit: Script,
-    pub pop: Script,
-    pub claim: Script,
+    /// pop and claim (one round trip).
+    pub pop_claim: Script,
     pub renew: Script,
     pub progress: Script,
     pub save_session: Script,
@@ -46,8 +46,7 @@ impl Scripts {
                 include_str!("lua/admit.lua"),
                 include_str!("lua/enqueue.lua")
             )),
-            pop: script!("pop.lua"),
-            claim: script!("claim.lua"),
+            pop_claim: script!("pop_claim.lua"),
             renew: script!("renew.lua"),
             progress: script!("progress.lua"),
             save_session: script!("save_session.lua"),

@@ -51,7 +51,7 @@ fn every_scripts_keys_fall_in_one_hash_slot() {
         shards_seen.insert(k.shard);
         let lists = [
             ("enqueue", k.enqueue_keys(&cid, &dedupe)),
-            ("pop", k.pop_keys("w1")),
+            ("pop_claim", k.pop_claim_keys("w1")),
             ("claim/fail", k.turn_end_keys(&cid)),
             ("renew", k.renew_keys(&cid)),
             ("progress", k.progress_keys(&cid)),
@@ -66,6 +66,19 @@ fn every_scripts_keys_fall_in_one_hash_slot() {
             ("notice", k.notice_keys(&cid)),
             ("take_tokens", vec![k.bucket("slack:T1:chat.update")]),
         ];
+        // schedule (prelude.lua) names the owner's wake list itself.
+        assert_eq!(k.wake() + ":w:w1", k.wake_worker("w1"));
+        // pop_claim.lua names the popped conversation's keys itself.
+        assert_eq!(k.conv_prefix() + cid.as_str(), k.conv(&cid));
+        assert_eq!(k.inbox_prefix() + cid.as_str(), k.inbox(&cid));
+        let named = [k.conv(&cid), k.inbox(&cid), k.leases()];
+        let slots: std::collections::HashSet<u16> =
+            named.iter().map(|key| hash_slot(key)).collect();
+        assert_eq!(
+            slots.len(),
+            1,
+            "pop_claim names keys in another slot: {named:?}"
+        );
         for (script, list) in lists {
             let slots: std::collections::HashSet<u16> =
                 list.iter().map(|key| hash_slot(key)).collect();
