@@ -165,15 +165,20 @@ impl Egress {
         mut deferred: Option<&mut Vec<StateWrite>>,
     ) -> bool {
         let mut backoff = Duration::from_millis(200);
+        // A retry may follow a post that Slack stored: it reads the state.
+        let mut entry = std::borrow::Cow::Borrowed(entry);
         loop {
             let delivered = self
-                .deliver(entry, destination, deferred.as_deref_mut())
+                .deliver(&entry, destination, deferred.as_deref_mut())
                 .await;
+            if entry.fresh {
+                entry.to_mut().fresh = false;
+            }
             match delivered {
                 Delivered::Done => return true,
                 Delivered::Dead(reason) => {
                     metrics::counter!("switchboard_egress_dead_letters_total").increment(1);
-                    if let Err(e) = self.inner.queue.dead_letter_reply(entry, &reason).await {
+                    if let Err(e) = self.inner.queue.dead_letter_reply(&entry, &reason).await {
                         tracing::warn!(error = %e, "could not dead-letter a reply; retrying");
                     } else {
                         return true;

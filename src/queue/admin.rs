@@ -122,6 +122,7 @@ pub fn parse_outbox_entry(
         acks: serde_json::from_str(field(fields, "acks")).unwrap_or_default(),
         at_ms: field(fields, "at_ms").parse().unwrap_or(0),
         destination: serde_json::from_str(field(fields, "dest")).ok(),
+        fresh: field(fields, "fresh") == "1",
         id,
     })
 }

@@ -79,6 +79,11 @@ impl Queue {
         for (_, entries) in raw.unwrap_or_default() {
             for (id, fields) in entries {
                 match parse_outbox_entry(shard, id.clone(), &fields) {
+                    // Read again: a leader that stopped may have published it.
+                    Ok(entry) if pending => out.push(OutboxEntry {
+                        fresh: false,
+                        ..entry
+                    }),
                     Ok(entry) => out.push(entry),
                     Err(e) => {
                         // Not ours to deliver (bad entry): set it aside.

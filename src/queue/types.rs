@@ -232,6 +232,11 @@ pub struct OutboxEntry {
     /// Where the reply goes, when the entry carries it (final replies
     /// do); else egress reads the conversation's.
     pub destination: Option<Destination>,
+    /// A final reply of which nothing was published before (a batch's first
+    /// attempt, with no progress), read as a new entry: it has no reply
+    /// state, and egress does not read it. False once a delivery of it was
+    /// tried, and for entries read again after a leader stopped.
+    pub fresh: bool,
 }
 
 /// What an outbox entry asks egress to do.

@@ -85,6 +85,60 @@ async fn a_final_reply_carries_its_destination_to_egress() {
     assert_eq!(last.destination, Some(dest()));
 }
 
+/// A final reply is fresh (egress need not read its reply state) only when
+/// nothing was published under its ids before: not after progress, not on a
+/// later attempt, and not when egress reads it again as a pending entry.
+#[tokio::test]
+async fn a_final_reply_is_fresh_only_when_nothing_was_published_under_its_ids() {
+    let redis = TestRedis::start();
+    let (queue, _) = test_queue(&redis, "fresh", fast_settings());
+    queue.ensure_outbox_group().await.expect("group");
+    let w = worker("w");
+    enqueue(&queue, "first", 0).await;
+    let c = claim(&queue, &w).await.expect("claim");
+    queue.commit(&c.lease, &reply("one")).await.expect("commit");
+
+    enqueue(&queue, "progressed", 0).await;
+    let c = claim(&queue, &w).await.expect("claim");
+    queue
+        .progress(&c.lease, 0, 1, "so far")
+        .await
+        .expect("progress");
+    queue.commit(&c.lease, &reply("two")).await.expect("commit");
+
+    enqueue(&queue, "retried", 0).await;
+    let c = claim(&queue, &w).await.expect("claim");
+    queue.fail(&c.lease, "boom", true).await.expect("fail");
+    let c = claim(&queue, &w).await.expect("claim again");
+    assert_eq!(c.attempt, 2);
+    queue
+        .commit(&c.lease, &reply("three"))
+        .await
+        .expect("commit");
+
+    let fresh = |entries: Vec<switchboard::queue::OutboxEntry>| -> Vec<(String, bool)> {
+        entries
+            .into_iter()
+            .filter(|e| e.kind == OutboxKind::Final)
+            .map(|e| (e.text, e.fresh))
+            .collect()
+    };
+    let expected = vec![
+        ("one".to_string(), true),
+        ("two".to_string(), false),
+        ("three".to_string(), false),
+    ];
+    let block = Duration::from_millis(10);
+    let read = queue.read_outbox(0, 100, block, None).await.expect("read");
+    assert_eq!(fresh(read), expected);
+    // Read again as the leader's pending entries: none is fresh any more.
+    let again = queue
+        .read_outbox(0, 100, block, Some("0"))
+        .await
+        .expect("read");
+    assert!(fresh(again).iter().all(|(_, f)| !f));
+}
+
 #[tokio::test]
 async fn a_duplicate_enqueue_is_not_queued_twice() {
     let redis = TestRedis::start();

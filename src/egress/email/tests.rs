@@ -15,6 +15,7 @@ fn entry(reply_id: &str) -> OutboxEntry {
         acks: vec![],
         at_ms: 0,
         destination: None,
+        fresh: false,
     }
 }
 

@@ -149,12 +149,17 @@ impl SlackDelivery {
             .keys()
             .shard(entry.shard)
             .reply_state(&entry.reply_id);
-        let mut conn = self.queue.connection().await?;
-        let state: HashMap<String, String> = redis::cmd("HGETALL")
-            .arg(&key)
-            .query_async(&mut *conn)
-            .await?;
-        drop(conn);
+        // A fresh final reply has no state yet: one round trip fewer on
+        // the way from the agent's result to Slack.
+        let state: HashMap<String, String> = if entry.fresh {
+            HashMap::new()
+        } else {
+            let mut conn = self.queue.connection().await?;
+            redis::cmd("HGETALL")
+                .arg(&key)
+                .query_async(&mut *conn)
+                .await?
+        };
         let applied: u64 = state.get("seq").and_then(|s| s.parse().ok()).unwrap_or(0);
         let done = state.contains_key("done");
         let is_final = entry.kind != OutboxKind::Progress;

@@ -40,21 +40,26 @@ if ARGV[9] ~= '' then
     redis.call('SET', KEYS[10], ARGV[10], 'PX', ARGV[7])
   end
 end
-local batch_end = redis.call('HGET', conv, 'batch_end')
+local f = redis.call('HMGET', conv, 'batch_end', 'dest', 'batch_attempts', 'progressed')
+local batch_end = f[1]
 local acks = batch_acks(inbox, batch_end)
 -- The destination goes with the reply, so egress need not read it back.
-local dest = redis.call('HGET', conv, 'dest') or ''
+local dest = f[2] or ''
+-- Nothing was published under this reply's ids before (first attempt, no
+-- progress): egress has no reply state to read for them.
+local fresh = (f[3] == '1' and not f[4]) and '1' or '0'
 for i = first_part, #ARGV do
   local part = i - first_part
   redis.call('XADD', KEYS[9], '*', 'kind', 'final', 'cid', cid,
     'reply_id', cid .. '/' .. batch_end .. '/' .. part, 'part', part,
-    'seq', ARGV[8], 'text', ARGV[i], 'acks', acks, 'at_ms', now, 'dest', dest)
+    'seq', ARGV[8], 'text', ARGV[i], 'acks', acks, 'at_ms', now, 'dest', dest,
+    'fresh', fresh)
 end
 trim_batch(inbox, batch_end)
 redis.call('HINCRBY', conv, 'turns', 1)
 redis.call('HINCRBYFLOAT', conv, 'cost_usd', ARGV[6])
 redis.call('HDEL', conv, 'batch_end', 'batch_attempts', 'last_error', 'overflow_notified',
-  'lease_worker', 'lease_slot')
+  'lease_worker', 'lease_slot', 'progressed')
 if ARGV[3] ~= '' then
   redis.call('HSET', conv, 'owner_worker', ARGV[3], 'owner_slot', ARGV[4], 'owner_gen', ARGV[5])
 else

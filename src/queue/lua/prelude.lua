@@ -89,7 +89,7 @@ local function dead_letter_batch(conv, inbox, dead, outbox, cid, batch_end, reas
     'reply_id', cid .. '/' .. batch_end .. '/0', 'part', 0, 'seq', '4611686018427387903',
     'error', reason, 'text', text, 'acks', batch_acks(inbox, batch_end), 'at_ms', now)
   trim_batch(inbox, batch_end)
-  redis.call('HDEL', conv, 'batch_end', 'batch_attempts', 'last_error')
+  redis.call('HDEL', conv, 'batch_end', 'batch_attempts', 'last_error', 'progressed')
 end
 
 -- After a turn ends (commit, fail, dead letter): run the next batch or go idle.

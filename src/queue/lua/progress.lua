@@ -4,6 +4,8 @@
 local now = now_ms()
 if not holds_lease(KEYS[1], KEYS[2], ARGV[1], ARGV[2], now) then return 0 end
 local batch_end = redis.call('HGET', KEYS[1], 'batch_end')
+-- The final reply then updates what this posts (see commit.lua's fresh).
+redis.call('HSET', KEYS[1], 'progressed', '1')
 redis.call('XADD', KEYS[3], '*', 'kind', 'progress', 'cid', ARGV[1],
   'reply_id', ARGV[1] .. '/' .. batch_end .. '/' .. ARGV[3], 'part', ARGV[3],
   'seq', ARGV[4], 'text', ARGV[5], 'at_ms', now)
