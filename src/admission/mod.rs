@@ -37,10 +37,10 @@ pub struct Admission {
 /// and they change only on a reload).
 struct Current {
     settings: Arc<AdmissionSettings>,
-    user_rate: String,
-    user_burst: String,
-    channel_rate: String,
-    channel_burst: String,
+    user_rate: Arc<str>,
+    user_burst: Arc<str>,
+    channel_rate: Arc<str>,
+    channel_burst: Arc<str>,
     /// User, channel and workspace daily caps.
     caps: [String; 3],
 }
@@ -48,10 +48,10 @@ struct Current {
 impl Current {
     fn new(settings: AdmissionSettings) -> Self {
         Self {
-            user_rate: (settings.user_per_minute / 60.0).to_string(),
-            user_burst: settings.user_burst.to_string(),
-            channel_rate: (settings.channel_per_minute / 60.0).to_string(),
-            channel_burst: settings.channel_burst.to_string(),
+            user_rate: (settings.user_per_minute / 60.0).to_string().into(),
+            user_burst: settings.user_burst.to_string().into(),
+            channel_rate: (settings.channel_per_minute / 60.0).to_string().into(),
+            channel_burst: settings.channel_burst.to_string().into(),
             caps: [
                 settings.user_daily_usd.to_string(),
                 settings.channel_daily_usd.to_string(),

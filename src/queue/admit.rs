@@ -12,9 +12,9 @@ use super::{EnqueueMode, Enqueued, Queue, QueueError};
 pub struct ScriptBucket {
     /// The bucket's name (its key is in shard 0).
     pub name: String,
-    /// Refill rate per second.
-    pub rate: String,
-    pub burst: String,
+    /// Refill rate per second (shared: the same for every event).
+    pub rate: std::sync::Arc<str>,
+    pub burst: std::sync::Arc<str>,
 }
 
 /// What admission asks of Redis for one message.
@@ -78,7 +78,7 @@ impl Queue {
         let k0 = self.keys().shard(0);
         for b in &limits.buckets {
             call.keys.push(k0.bucket(&b.name));
-            call = call.arg(&b.rate).arg(&b.burst);
+            call = call.arg(&*b.rate).arg(&*b.burst);
         }
         if let Some((day, caps)) = &limits.budget
             && !caps.is_empty()

@@ -73,9 +73,6 @@ impl QueueError {
 /// Text of the error reply a dead-lettered batch gets.
 const DEAD_LETTER_TEXT: &str = "Sorry, I could not answer this message: it failed several \
     times, so I have set it aside for an operator to look at. You can try again later.";
-/// Text of the reply to a message that overflowed its conversation's inbox.
-const OVERFLOW_TEXT: &str = "Too many messages are waiting in this conversation, so I had \
-    to set the latest aside. Please wait for my reply before sending more.";
 
 /// A cheap, clonable handle on the queue.
 #[derive(Clone)]
@@ -155,7 +152,6 @@ impl Queue {
             .arg(s.inbox_cap)
             .arg(Self::ms(s.idle_ttl))
             .arg(s.dedupe_ttl.as_secs().max(1))
-            .arg(OVERFLOW_TEXT)
             .arg(if mode == EnqueueMode::ExistingOnly {
                 "1"
             } else {

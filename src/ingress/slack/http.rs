@@ -8,18 +8,19 @@ use std::time::SystemTime;
 
 use axum::Router;
 use axum::body::Bytes;
-use axum::extract::{DefaultBodyLimit, State};
-use axum::http::{HeaderMap, StatusCode};
+use axum::extract::{DefaultBodyLimit, FromRequestParts, State};
+use axum::http::request::Parts;
+use axum::http::{HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::post;
 
 use super::intake::{IntakeError, IntakeOutcome, SlackIntake};
-use super::verify::SignatureVerifier;
+use super::verify::{SIGNATURE_HEADER, SignatureVerifier, TIMESTAMP_HEADER};
 
-#[derive(Clone)]
+/// Shared behind one `Arc`: axum clones the state for every request.
 struct EventsState {
     intake: SlackIntake,
-    verifier: Arc<SignatureVerifier>,
+    verifier: SignatureVerifier,
 }
 
 /// The `/slack/events` route, with the configured body limit (413 above it).
@@ -28,21 +29,42 @@ pub fn events_router(intake: SlackIntake, verifier: SignatureVerifier) -> Router
     Router::new()
         .route("/slack/events", post(events))
         .layer(DefaultBodyLimit::max(limit))
-        .with_state(EventsState {
-            intake,
-            verifier: Arc::new(verifier),
+        .with_state(Arc::new(EventsState { intake, verifier }))
+}
+
+/// The two headers the signature check reads. Taken out of the request
+/// rather than copying all of its headers, as the `HeaderMap` extractor does.
+struct SignatureHeaders {
+    signature: Option<HeaderValue>,
+    timestamp: Option<HeaderValue>,
+}
+
+impl<S: Send + Sync> FromRequestParts<S> for SignatureHeaders {
+    type Rejection = std::convert::Infallible;
+
+    async fn from_request_parts(parts: &mut Parts, _: &S) -> Result<Self, Self::Rejection> {
+        Ok(Self {
+            signature: parts.headers.get(SIGNATURE_HEADER).cloned(),
+            timestamp: parts.headers.get(TIMESTAMP_HEADER).cloned(),
         })
+    }
 }
 
 fn rejected(reason: &'static str) {
     metrics::counter!("switchboard_ingress_slack_rejected_total", "reason" => reason).increment(1);
 }
 
-async fn events(State(state): State<EventsState>, headers: HeaderMap, body: Bytes) -> Response {
-    if let Err(e) = state
-        .verifier
-        .verify_headers(&headers, &body, SystemTime::now())
-    {
+async fn events(
+    State(state): State<Arc<EventsState>>,
+    headers: SignatureHeaders,
+    body: Bytes,
+) -> Response {
+    if let Err(e) = state.verifier.verify_values(
+        headers.signature.as_ref(),
+        headers.timestamp.as_ref(),
+        &body,
+        SystemTime::now(),
+    ) {
         rejected(e.reason());
         tracing::warn!(reason = e.reason(), "rejected a Slack request");
         return (StatusCode::UNAUTHORIZED, "invalid request signature\n").into_response();

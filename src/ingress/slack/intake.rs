@@ -32,19 +32,45 @@ pub enum IntakeOutcome {
     Refused(Refusal),
 }
 
+/// The outcomes' metric labels, in [`IntakeOutcome::index`] order.
+const OUTCOME_LABELS: [&str; 7] = [
+    "url_verification",
+    "ignored",
+    "queued",
+    "duplicate",
+    "overflow",
+    "not_in_conversation",
+    "refused",
+];
+
 impl IntakeOutcome {
     /// A metric label.
     pub fn label(&self) -> &'static str {
+        OUTCOME_LABELS[self.index()]
+    }
+
+    fn index(&self) -> usize {
         match self {
-            IntakeOutcome::Challenge(_) => "url_verification",
-            IntakeOutcome::Ignored(_) => "ignored",
-            IntakeOutcome::Queued => "queued",
-            IntakeOutcome::Duplicate => "duplicate",
-            IntakeOutcome::Overflow => "overflow",
-            IntakeOutcome::NotInConversation => "not_in_conversation",
-            IntakeOutcome::Refused(_) => "refused",
+            IntakeOutcome::Challenge(_) => 0,
+            IntakeOutcome::Ignored(_) => 1,
+            IntakeOutcome::Queued => 2,
+            IntakeOutcome::Duplicate => 3,
+            IntakeOutcome::Overflow => 4,
+            IntakeOutcome::NotInConversation => 5,
+            IntakeOutcome::Refused(_) => 6,
         }
     }
+}
+
+/// `switchboard_ingress_slack_events_total` by outcome, registered once:
+/// finding a counter by its name and labels costs more, on every event,
+/// than counting.
+fn outcome_counters() -> Arc<[metrics::Counter; 7]> {
+    // The process's recorder first, or these would count nowhere.
+    crate::telemetry::metrics_handle();
+    Arc::new(OUTCOME_LABELS.map(
+        |outcome| metrics::counter!("switchboard_ingress_slack_events_total", "outcome" => outcome),
+    ))
 }
 
 /// Why an event could not be taken.
@@ -66,6 +92,7 @@ pub struct SlackIntake {
     admission: Option<Admission>,
     /// Whether egress shows the sender their message was seen (a reaction).
     acknowledge: bool,
+    outcomes: Arc<[metrics::Counter; 7]>,
 }
 
 impl SlackIntake {
@@ -75,6 +102,7 @@ impl SlackIntake {
             settings: Arc::new(settings),
             admission: None,
             acknowledge: true,
+            outcomes: outcome_counters(),
         }
     }
 
@@ -120,8 +148,7 @@ impl SlackIntake {
             }
             Decision::Message(candidate) => self.enqueue(*candidate).await?,
         };
-        metrics::counter!("switchboard_ingress_slack_events_total", "outcome" => outcome.label())
-            .increment(1);
+        self.outcomes[outcome.index()].increment(1);
         Ok(outcome)
     }
 

@@ -15,7 +15,7 @@
 use std::fmt;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use axum::http::HeaderMap;
+use axum::http::{HeaderMap, HeaderValue};
 use hmac::{Hmac, KeyInit, Mac};
 use sha2::Sha256;
 
@@ -103,12 +103,27 @@ impl SignatureVerifier {
         body: &[u8],
         now: SystemTime,
     ) -> Result<(), VerifyError> {
-        let signature = headers
-            .get(SIGNATURE_HEADER)
+        self.verify_values(
+            headers.get(SIGNATURE_HEADER),
+            headers.get(TIMESTAMP_HEADER),
+            body,
+            now,
+        )
+    }
+
+    /// [`Self::verify_headers`] with the two header values already taken
+    /// out of the request.
+    pub fn verify_values(
+        &self,
+        signature: Option<&HeaderValue>,
+        timestamp: Option<&HeaderValue>,
+        body: &[u8],
+        now: SystemTime,
+    ) -> Result<(), VerifyError> {
+        let signature = signature
             .map(|v| v.to_str().map_err(|_| VerifyError::BadSignature))
             .transpose()?;
-        let timestamp = headers
-            .get(TIMESTAMP_HEADER)
+        let timestamp = timestamp
             .map(|v| v.to_str().map_err(|_| VerifyError::BadTimestamp))
             .transpose()?;
         self.verify(signature, timestamp, body, now)

@@ -1,9 +1,9 @@
 -- Enqueue one message, deduplicated, and schedule its conversation.
 -- KEYS: 1 conv, 2 inbox, 3 ready, 4 affine, 5 workers, 6 wake, 7 outbox, 8 dead, 9.. seen keys
 -- ARGV: 1 cid, 2 message json, 3 destination json, 4 inbox cap, 5 idle ttl ms,
---       6 dedupe ttl s, 7 overflow reply text, 8 existing only ('1': follow-ups),
---       9 source id to acknowledge ('' for none): egress shows the user it was seen,
---       10 number of seen keys (optional: all KEYS after the 8th; admit.lua
+--       6 dedupe ttl s, 7 existing only ('1': follow-ups),
+--       8 source id to acknowledge ('' for none): egress shows the user it was seen,
+--       9 number of seen keys (optional: all KEYS after the 8th; admit.lua
 --       puts more keys after them)
 -- Returns one string, words separated by spaces (one bulk reply is the
 -- cheapest for the client to read): 'queued <id> <position> <ahead> <owner>'
@@ -11,10 +11,13 @@
 --   (ahead: conversations before it in the shared ready queue when this message
 --   put it there, else '-'; owner: the worker woken for it, else empty, last
 --   so that it may hold anything)
+-- The reply to a message that overflowed its conversation's inbox.
+local OVERFLOW_TEXT = 'Too many messages are waiting in this conversation, so I had '
+  .. 'to set the latest aside. Please wait for my reply before sending more.'
 local conv, inbox, outbox, dead = KEYS[1], KEYS[2], KEYS[7], KEYS[8]
 local cid = ARGV[1]
 local now = now_ms()
-local last_seen = 8 + (tonumber(ARGV[10]) or (#KEYS - 8))
+local last_seen = 8 + (tonumber(ARGV[9]) or (#KEYS - 8))
 -- The conversation's state; false when it does not exist (every script
 -- that writes the hash sets a state).
 local state = admitted.state
@@ -23,7 +26,7 @@ if not admitted.checked then
     if redis.call('EXISTS', KEYS[i]) == 1 then return 'duplicate' end
   end
   state = redis.call('HGET', conv, 'state')
-  if ARGV[8] == '1' and not state then return 'no_conversation' end
+  if ARGV[7] == '1' and not state then return 'no_conversation' end
   for i = 9, last_seen do redis.call('SET', KEYS[i], '1', 'EX', ARGV[6]) end
 end
 if state then
@@ -42,14 +45,14 @@ if len >= tonumber(ARGV[4]) then
     local n = redis.call('HINCRBY', conv, 'overflows', 1)
     redis.call('XADD', outbox, '*', 'kind', 'final', 'cid', cid,
       'reply_id', cid .. '/overflow/' .. n, 'part', 0, 'seq', 0,
-      'error', 'inbox_overflow', 'text', ARGV[7], 'at_ms', now)
+      'error', 'inbox_overflow', 'text', OVERFLOW_TEXT, 'at_ms', now)
   end
   return 'overflow'
 end
 local id = redis.call('XADD', inbox, '*', 'm', ARGV[2])
-if ARGV[9] ~= '' then
+if ARGV[8] ~= '' then
   redis.call('XADD', outbox, '*', 'kind', 'ack', 'cid', cid, 'reply_id', cid .. '/ack/' .. id,
-    'part', 0, 'seq', 0, 'text', '', 'acks', cjson.encode({ARGV[9]}), 'at_ms', now)
+    'part', 0, 'seq', 0, 'text', '', 'acks', cjson.encode({ARGV[8]}), 'at_ms', now)
 end
 redis.call('PEXPIRE', inbox, ARGV[5])
 local owner, ahead = '', false
