@@ -10,6 +10,7 @@
 mod admin;
 mod admit;
 mod depth;
+mod encode;
 mod keys;
 mod lease;
 mod outbox;
@@ -147,8 +148,8 @@ impl Queue {
         let s = self.settings();
         Ok(ScriptCall::new(&self.scripts().enqueue, keys)
             .arg(cid)
-            .arg_owned(json(message, 256 + message.text.len())?)
-            .arg_owned(json(destination, 128)?)
+            .arg_owned(encode::message_json(message)?)
+            .arg_owned(encode::destination_json(destination)?)
             .arg(s.inbox_cap)
             .arg(Self::ms(s.idle_ttl))
             .arg(s.dedupe_ttl.as_secs().max(1))
@@ -385,13 +386,6 @@ fn parse_claim(
 }
 
 /// What enqueue.lua answered.
-/// `value` as JSON, in a buffer of about the size it will need.
-fn json(value: &impl serde::Serialize, capacity: usize) -> Result<Vec<u8>, QueueError> {
-    let mut out = Vec::with_capacity(capacity);
-    serde_json::to_writer(&mut out, value)?;
-    Ok(out)
-}
-
 fn enqueued(reply: &str) -> Result<Enqueued, QueueError> {
     let mut words = reply.splitn(5, ' ');
     match words.next() {
