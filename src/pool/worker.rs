@@ -201,6 +201,7 @@ async fn claim_loop(shared: &Arc<Shared>, turns: &TaskTracker, shutdown: &Cancel
         };
         match claimed {
             Ok(ClaimOutcome::Claimed(claim)) if waited_too_long(shared, &claim) => {
+                more_ready = claim.more_ready;
                 let busy = "I was too busy to get to this in time; please try again later.";
                 if let Err(e) = shared
                     .queue

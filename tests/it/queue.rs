@@ -72,6 +72,74 @@ async fn a_claim_says_whether_more_is_ready_so_the_worker_need_not_pop_an_empty_
     assert!(!second.more_ready);
 }
 
+/// A claim made because the last one said more was ready takes the wake-up
+/// queued with what it pops (from the shared list, or from the worker's own
+/// for its affinity queue), so the worker's next wait does not end at once
+/// only to pop an empty queue. A claim after a wake-up leaves the lists alone.
+#[tokio::test]
+async fn a_claim_made_because_more_was_ready_takes_the_wake_up_of_what_it_pops() {
+    let redis = TestRedis::start();
+    let (queue, _) = test_queue(&redis, "wakes", fast_settings());
+    let w = worker("w1");
+    let k = queue.keys().shard(0);
+    let mut conn = queue.connection().await.expect("conn");
+    enqueue(&queue, "c1", 0).await;
+    enqueue(&queue, "c2", 0).await;
+    assert_eq!(
+        llen(&queue, &k.wake()).await,
+        2,
+        "one wake-up per scheduled conversation"
+    );
+    // The worker's wait takes one; the claim after it takes none.
+    let _: Option<String> = redis::cmd("LPOP")
+        .arg(k.wake())
+        .query_async(&mut *conn)
+        .await
+        .expect("lpop");
+    let first = claim(&queue, &w).await.expect("claim c1");
+    assert!(first.more_ready);
+    assert_eq!(llen(&queue, &k.wake()).await, 1);
+    // Popping on because more was ready takes c2's wake-up with c2.
+    let ClaimOutcome::Claimed(second) = queue.claim_more(&w, 0).await.expect("claim") else {
+        panic!("c2 was ready");
+    };
+    assert!(!second.more_ready);
+    assert_eq!(
+        llen(&queue, &k.wake()).await,
+        0,
+        "no wake-up left for an empty pop"
+    );
+
+    // The same for the worker's own list and affinity queue.
+    queue.heartbeat(&w).await.expect("heartbeat");
+    for c in [&first, &*second] {
+        commit_owned(&queue, c, "done", (&w, 0, 1)).await;
+    }
+    enqueue(&queue, "c1", 1).await;
+    enqueue(&queue, "c2", 1).await;
+    let own = k.wake_worker(w.as_str());
+    assert_eq!(llen(&queue, &own).await, 2);
+    let first = claim(&queue, &w).await.expect("claim c1 again");
+    assert!(first.more_ready);
+    let ClaimOutcome::Claimed(_) = queue.claim_more(&w, 0).await.expect("claim") else {
+        panic!("c2 was ready");
+    };
+    assert_eq!(
+        llen(&queue, &own).await,
+        1,
+        "only the pop made for more took one"
+    );
+}
+
+async fn llen(queue: &Queue, key: &str) -> u64 {
+    let mut conn = queue.connection().await.expect("conn");
+    redis::cmd("LLEN")
+        .arg(key)
+        .query_async(&mut *conn)
+        .await
+        .expect("llen")
+}
+
 #[tokio::test]
 async fn a_final_reply_carries_its_destination_to_egress() {
     let redis = TestRedis::start();
