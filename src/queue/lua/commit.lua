@@ -26,12 +26,14 @@ if ncharge > 0 then
   redis.call('EXPIRE', KEYS[11], ARGV[14 + ncharge])
   first_part = 15 + ncharge
 end
-if not holds_lease(conv, leases, cid, ARGV[2], now) then return {'fenced'} end
+-- Every field the commit reads, in one call.
+local f = redis.call('HMGET', conv, 'state', 'epoch', 'batch_end', 'dest', 'batch_attempts',
+  'progressed', 'session_id')
+if not lease_live(leases, cid, ARGV[2], now, f[1], f[2]) then return {'fenced'} end
 if ARGV[9] ~= '' then
   local offset = tonumber(ARGV[11])
   if offset > 0 then
-    if redis.call('HGET', conv, 'session_id') ~= ARGV[9]
-      or redis.call('STRLEN', KEYS[10]) ~= offset then
+    if f[7] ~= ARGV[9] or redis.call('STRLEN', KEYS[10]) ~= offset then
       return {'session_mismatch'}
     end
     redis.call('APPEND', KEYS[10], ARGV[10])
@@ -40,14 +42,13 @@ if ARGV[9] ~= '' then
     redis.call('SET', KEYS[10], ARGV[10], 'PX', ARGV[7])
   end
 end
-local f = redis.call('HMGET', conv, 'batch_end', 'dest', 'batch_attempts', 'progressed')
-local batch_end = f[1]
+local batch_end = f[3]
 local acks = batch_acks(inbox, batch_end)
 -- The destination goes with the reply, so egress need not read it back.
-local dest = f[2] or ''
+local dest = f[4] or ''
 -- Nothing was published under this reply's ids before (first attempt, no
 -- progress): egress has no reply state to read for them.
-local fresh = (f[3] == '1' and not f[4]) and '1' or '0'
+local fresh = (f[5] == '1' and not f[6]) and '1' or '0'
 for i = first_part, #ARGV do
   local part = i - first_part
   redis.call('XADD', KEYS[9], '*', 'kind', 'final', 'cid', cid,
@@ -58,14 +59,16 @@ end
 trim_batch(inbox, batch_end)
 redis.call('HINCRBY', conv, 'turns', 1)
 redis.call('HINCRBYFLOAT', conv, 'cost_usd', ARGV[6])
-redis.call('HDEL', conv, 'batch_end', 'batch_attempts', 'last_error', 'overflow_notified',
-  'lease_worker', 'lease_slot', 'progressed')
+local done = {'batch_end', 'batch_attempts', 'last_error', 'overflow_notified', 'lease_worker',
+  'lease_slot', 'progressed'}
 if ARGV[3] ~= '' then
-  redis.call('HSET', conv, 'owner_worker', ARGV[3], 'owner_slot', ARGV[4], 'owner_gen', ARGV[5])
+  redis.call('HDEL', conv, unpack(done))
+  redis.call('HSET', conv, 'owner_worker', ARGV[3], 'owner_slot', ARGV[4], 'owner_gen', ARGV[5],
+    'last_active_ms', now)
 else
-  redis.call('HDEL', conv, 'owner_worker', 'owner_slot', 'owner_gen')
+  redis.call('HDEL', conv, 'owner_worker', 'owner_slot', 'owner_gen', unpack(done))
+  redis.call('HSET', conv, 'last_active_ms', now)
 end
-redis.call('HSET', conv, 'last_active_ms', now)
 redis.call('ZREM', leases, cid)
 redis.call('HDEL', KEYS[4], cid)
 redis.call('PEXPIRE', conv, ARGV[7])

@@ -15,12 +15,18 @@ end
 -- state (false when it does not exist).
 local admitted = { checked = false, state = false }
 
+-- The caller holds the conversation's lease at `epoch`, and it has not
+-- expired; `state` and `held` are the conversation's state and epoch fields.
+local function lease_live(leases, cid, epoch, now, state, held)
+  if state ~= 'running' or held ~= epoch then return false end
+  local deadline = redis.call('ZSCORE', leases, cid)
+  return deadline ~= false and tonumber(deadline) >= now
+end
+
 -- The caller holds the conversation's lease at `epoch`, and it has not expired.
 local function holds_lease(conv, leases, cid, epoch, now)
   local st = redis.call('HMGET', conv, 'state', 'epoch')
-  if st[1] ~= 'running' or st[2] ~= epoch then return false end
-  local deadline = redis.call('ZSCORE', leases, cid)
-  return deadline ~= false and tonumber(deadline) >= now
+  return lease_live(leases, cid, epoch, now, st[1], st[2])
 end
 
 -- Put a conversation with waiting work in a ready queue: its owner's
@@ -38,16 +44,17 @@ local function schedule(conv, ready, affine, workers, wake, cid, now)
       redis.call('ZADD', affine, 0, member)
       redis.call('HSET', conv, 'state', 'scheduled', 'scheduled_ms', now)
       local own_wake = wake .. ':w:' .. owner
-      redis.call('RPUSH', own_wake, '1')
-      redis.call('LTRIM', own_wake, -1000, -1)
+      -- At most 1000 wake-ups wait (trimmed only when past that).
+      if redis.call('RPUSH', own_wake, '1') > 1000 then
+        redis.call('LTRIM', own_wake, -1000, -1)
+      end
       redis.call('EXPIRE', own_wake, 3600)
       return owner
     end
   end
   redis.call('ZADD', ready, 'NX', now, cid)
   redis.call('HSET', conv, 'state', 'scheduled', 'scheduled_ms', now)
-  redis.call('RPUSH', wake, '1')
-  redis.call('LTRIM', wake, -1000, -1)
+  if redis.call('RPUSH', wake, '1') > 1000 then redis.call('LTRIM', wake, -1000, -1) end
   return ''
 end
 
