@@ -8,57 +8,60 @@
 
 use crate::domain::{Destination, InboundMessage};
 
-/// `message` as serde_json would write it.
-pub fn message_json(message: &InboundMessage) -> Result<Vec<u8>, serde_json::Error> {
-    let mut out = Vec::with_capacity(256 + message.text.len());
+/// Append `message` as serde_json would write it.
+pub fn message_json(out: &mut Vec<u8>, message: &InboundMessage) -> Result<(), serde_json::Error> {
+    out.reserve(256 + message.text.len());
     out.extend_from_slice(b"{\"conversation\":");
-    string(&mut out, message.conversation.as_str())?;
+    string(out, message.conversation.as_str())?;
     out.extend_from_slice(b",\"dedupe_keys\":[");
     for (i, key) in message.dedupe_keys.iter().enumerate() {
         if i > 0 {
             out.push(b',');
         }
-        string(&mut out, key)?;
+        string(out, key)?;
     }
     out.extend_from_slice(b"],\"sender\":");
-    string(&mut out, &message.sender)?;
+    string(out, &message.sender)?;
     out.extend_from_slice(b",\"sender_name\":");
-    optional(&mut out, message.sender_name.as_deref())?;
+    optional(out, message.sender_name.as_deref())?;
     out.extend_from_slice(b",\"text\":");
-    string(&mut out, &message.text)?;
+    string(out, &message.text)?;
     out.extend_from_slice(b",\"files\":");
     if message.files.is_empty() {
         out.extend_from_slice(b"[]");
     } else {
-        serde_json::to_writer(&mut out, &message.files)?;
+        serde_json::to_writer(&mut *out, &message.files)?;
     }
     out.extend_from_slice(b",\"external_id\":");
-    string(&mut out, &message.external_id)?;
+    string(out, &message.external_id)?;
     out.extend_from_slice(b",\"received_at_ms\":");
-    serde_json::to_writer(&mut out, &message.received_at_ms)?;
+    serde_json::to_writer(&mut *out, &message.received_at_ms)?;
     out.push(b'}');
-    Ok(out)
+    Ok(())
 }
 
-/// `destination` as serde_json would write it.
-pub fn destination_json(destination: &Destination) -> Result<Vec<u8>, serde_json::Error> {
+/// Append `destination` as serde_json would write it.
+pub fn destination_json(
+    out: &mut Vec<u8>,
+    destination: &Destination,
+) -> Result<(), serde_json::Error> {
     let Destination::Slack {
         team,
         channel,
         thread_ts,
     } = destination
     else {
-        return serde_json::to_vec(destination);
+        return serde_json::to_writer(out, destination);
     };
-    let mut out = Vec::with_capacity(64 + team.len() + channel.len());
+    out.reserve(64 + team.len() + channel.len());
     out.extend_from_slice(b"{\"kind\":\"slack\",\"team\":");
-    string(&mut out, team)?;
+    string(out, team)?;
     out.extend_from_slice(b",\"channel\":");
-    string(&mut out, channel)?;
+    string(out, channel)?;
     out.extend_from_slice(b",\"thread_ts\":");
-    optional(&mut out, thread_ts.as_deref())?;
+    optional(out, thread_ts.as_deref())?;
     out.push(b'}');
-    Ok(out)
+    Ok(())
 }
 
 /// A JSON string: copied whole when nothing in it needs an escape.
@@ -121,7 +124,9 @@ mod tests {
             },
         ];
         for m in cases {
-            let ours = message_json(&m).expect("ours");
+            let mut ours = b"before".to_vec();
+            message_json(&mut ours, &m).expect("ours");
+            let ours = ours.strip_prefix(b"before").expect("appended").to_vec();
             assert_eq!(
                 String::from_utf8_lossy(&ours),
                 serde_json::to_string(&m).expect("serde"),
@@ -149,7 +154,8 @@ mod tests {
             },
         ];
         for d in cases {
-            let ours = destination_json(&d).expect("ours");
+            let mut ours = Vec::new();
+            destination_json(&mut ours, &d).expect("ours");
             assert_eq!(
                 String::from_utf8_lossy(&ours),
                 serde_json::to_string(&d).expect("serde"),

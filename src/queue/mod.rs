@@ -148,8 +148,8 @@ impl Queue {
         let s = self.settings();
         Ok(ScriptCall::new(&self.scripts().enqueue, keys)
             .arg(cid)
-            .arg_owned(encode::message_json(message)?)
-            .arg_owned(encode::destination_json(destination)?)
+            .arg_with(|out| encode::message_json(out, message))?
+            .arg_with(|out| encode::destination_json(out, destination))?
             .arg(s.inbox_cap)
             .arg(Self::ms(s.idle_ttl))
             .arg(s.dedupe_ttl.as_secs().max(1))

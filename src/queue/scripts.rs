@@ -69,7 +69,61 @@ impl Scripts {
 pub struct ScriptCall<'a> {
     pub script: &'a Script,
     pub keys: Vec<String>,
-    pub args: Vec<Vec<u8>>,
+    args: Args,
+}
+
+/// A call's arguments end to end in one buffer, and where each ends: two
+/// allocations for a call, not one per argument.
+#[derive(Default)]
+struct Args {
+    data: Vec<u8>,
+    ends: Vec<usize>,
+}
+
+impl Args {
+    fn len(&self) -> usize {
+        self.ends.len()
+    }
+
+    fn iter(&self) -> impl Iterator<Item = &[u8]> {
+        let mut start = 0;
+        self.ends.iter().map(move |&end| {
+            let arg = self.data.get(start..end).unwrap_or_default();
+            start = end;
+            arg
+        })
+    }
+}
+
+impl redis::RedisWrite for Args {
+    fn write_arg(&mut self, arg: &[u8]) {
+        self.data.extend_from_slice(arg);
+        self.ends.push(self.data.len());
+    }
+
+    fn writer_for_next_arg(&mut self) -> impl std::io::Write + '_ {
+        ArgWriter(self)
+    }
+}
+
+/// Writes one argument; it ends when the writer is dropped.
+struct ArgWriter<'a>(&'a mut Args);
+
+impl std::io::Write for ArgWriter<'_> {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0.data.extend_from_slice(buf);
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+impl Drop for ArgWriter<'_> {
+    fn drop(&mut self) {
+        self.0.ends.push(self.0.data.len());
+    }
 }
 
 impl<'a> ScriptCall<'a> {
@@ -77,7 +131,10 @@ impl<'a> ScriptCall<'a> {
         Self {
             script,
             keys,
-            args: Vec::with_capacity(16),
+            args: Args {
+                data: Vec::with_capacity(512),
+                ends: Vec::with_capacity(16),
+            },
         }
     }
 
@@ -90,14 +147,18 @@ impl<'a> ScriptCall<'a> {
     }
 
     pub fn arg_bytes(mut self, arg: &[u8]) -> Self {
-        self.args.push(arg.to_vec());
+        redis::RedisWrite::write_arg(&mut self.args, arg);
         self
     }
 
-    /// An argument already in its own buffer (no copy).
-    pub fn arg_owned(mut self, arg: Vec<u8>) -> Self {
-        self.args.push(arg);
-        self
+    /// An argument written straight into the call's buffer by `write`.
+    pub fn arg_with<E>(
+        mut self,
+        write: impl FnOnce(&mut Vec<u8>) -> Result<(), E>,
+    ) -> Result<Self, E> {
+        write(&mut self.args.data)?;
+        self.args.ends.push(self.args.data.len());
+        Ok(self)
     }
 
     /// Run it on a pooled connection.
@@ -121,8 +182,8 @@ impl<'a> ScriptCall<'a> {
                 for key in &self.keys {
                     invocation.key(key);
                 }
-                for arg in &self.args {
-                    invocation.arg(arg.as_slice());
+                for arg in self.args.iter() {
+                    invocation.arg(arg);
                 }
                 invocation.invoke_async(conn).await
             }
@@ -136,15 +197,15 @@ impl<'a> ScriptCall<'a> {
         // Sized up front: a Slack event's call has some thirty arguments,
         // and growing the buffers one push at a time costs more than filling them.
         let count = 3 + self.keys.len() + self.args.len();
-        let data = 64
-            + self.keys.iter().map(String::len).sum::<usize>()
-            + self.args.iter().map(Vec::len).sum::<usize>();
+        let data = 64 + self.keys.iter().map(String::len).sum::<usize>() + self.args.data.len();
         let mut cmd = redis::Cmd::with_capacity(count, data);
         cmd.arg("EVALSHA")
             .arg(self.script.get_hash())
             .arg(self.keys.len())
-            .arg(&self.keys)
-            .arg(&self.args);
+            .arg(&self.keys);
+        for arg in self.args.iter() {
+            cmd.arg(arg);
+        }
         cmd
     }
 }
