@@ -226,7 +226,7 @@ impl ShardKeys {
             self.wake_worker(worker),
         ]
     }
-    /// claim.lua and fail.lua.
+    /// fail.lua.
     pub fn turn_end_keys(&self, cid: &ConversationId) -> Vec<String> {
         vec![
             self.conv(cid),

@@ -74,7 +74,6 @@ pub struct ScriptCall<'a> {
 
 /// A call's arguments end to end in one buffer, and where each ends: two
 /// allocations for a call, not one per argument.
-#[derive(Default)]
 struct Args {
     data: Vec<u8>,
     ends: Vec<usize>,
@@ -213,4 +212,49 @@ impl<'a> ScriptCall<'a> {
 /// Whether `e` is Redis saying it does not have the script (NOSCRIPT).
 pub fn is_no_script(e: &redis::RedisError) -> bool {
     e.kind() == redis::ErrorKind::Server(redis::ServerErrorKind::NoScript)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_call_sends_its_keys_then_its_arguments_in_order() {
+        let script = Script::new("return 1");
+        let call = ScriptCall::new(&script, vec!["k1".into(), "k2".into()])
+            .arg("text")
+            .arg(42u64)
+            .arg("")
+            .arg_bytes(b"raw \x00 bytes")
+            .arg_with(|out| {
+                out.extend_from_slice(b"{\"json\":1}");
+                Ok::<(), ()>(())
+            })
+            .expect("written")
+            .arg(-7i64);
+        let cmd = call.evalsha();
+        let args: Vec<Vec<u8>> = cmd
+            .args_iter()
+            .map(|a| match a {
+                redis::Arg::Simple(bytes) => bytes.to_vec(),
+                _ => b"<not a simple argument>".to_vec(),
+            })
+            .collect();
+        let expected: Vec<&[u8]> = vec![
+            b"EVALSHA",
+            script.get_hash().as_bytes(),
+            b"2",
+            b"k1",
+            b"k2",
+            b"text",
+            b"42",
+            b"",
+            b"raw \x00 bytes",
+            b"{\"json\":1}",
+            b"-7",
+        ];
+        assert_eq!(args, expected);
+        // The fallback (when Redis lost the script) sends the same arguments.
+        assert_eq!(call.args.iter().count(), 6);
+    }
 }

@@ -52,7 +52,7 @@ fn every_scripts_keys_fall_in_one_hash_slot() {
         let lists = [
             ("enqueue", k.enqueue_keys(&cid, &dedupe)),
             ("pop_claim", k.pop_claim_keys("w1")),
-            ("claim/fail", k.turn_end_keys(&cid)),
+            ("fail", k.turn_end_keys(&cid)),
             ("renew", k.renew_keys(&cid)),
             ("progress", k.progress_keys(&cid)),
             ("save_session", k.save_session_keys(&cid)),
