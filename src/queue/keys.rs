@@ -210,36 +210,36 @@ impl ShardKeys {
         keys.extend(dedupe.iter().map(|d| self.seen(d)));
         keys
     }
+    /// The shard-wide keys of a claim or a turn's end, in the order
+    /// pop_claim.lua and fail.lua take them.
+    fn turn_keys(&self) -> [String; 8] {
+        [
+            self.leases(),
+            self.holders(),
+            self.ready(),
+            self.affine(),
+            self.workers(),
+            self.wake(),
+            self.outbox(),
+            self.dead(),
+        ]
+    }
     /// pop_claim.lua. The popped conversation's keys are named in the
     /// script from [`ShardKeys::conv_prefix`] and
     /// [`ShardKeys::inbox_prefix`].
     pub fn pop_claim_keys(&self, worker: &str) -> Vec<String> {
-        vec![
-            self.leases(),
-            self.holders(),
-            self.ready(),
-            self.affine(),
-            self.workers(),
-            self.wake(),
-            self.outbox(),
-            self.dead(),
-            self.wake_worker(worker),
-        ]
+        let mut keys = Vec::with_capacity(9);
+        keys.extend(self.turn_keys());
+        keys.push(self.wake_worker(worker));
+        keys
     }
     /// fail.lua.
     pub fn turn_end_keys(&self, cid: &ConversationId) -> Vec<String> {
-        vec![
-            self.conv(cid),
-            self.inbox(cid),
-            self.leases(),
-            self.holders(),
-            self.ready(),
-            self.affine(),
-            self.workers(),
-            self.wake(),
-            self.outbox(),
-            self.dead(),
-        ]
+        let mut keys = Vec::with_capacity(10);
+        keys.push(self.conv(cid));
+        keys.push(self.inbox(cid));
+        keys.extend(self.turn_keys());
+        keys
     }
     pub fn renew_keys(&self, cid: &ConversationId) -> Vec<String> {
         vec![self.conv(cid), self.leases()]
