@@ -67,23 +67,23 @@ impl Queue {
                 "the conversation is not in the admission keys' shard".into(),
             ));
         }
-        let mut call = self.enqueue_call(message, destination, mode, acknowledge)?;
-        call.script = &self.scripts().admit;
         let caps = limits.budget.as_ref().map_or(&[][..], |(_, c)| &c[..]);
-        call = call
-            .arg(message.dedupe_keys.len())
+        let mut call = self
+            .enqueue_call_of(
+                &self.scripts().admit,
+                message,
+                destination,
+                mode,
+                acknowledge,
+            )?
             .arg(limits.buckets.len())
             .arg(limits.max_waiting)
             .arg(caps.len());
-        let k0 = self.keys().shard(0);
         for b in &limits.buckets {
-            call.keys.push(k0.bucket(&b.name));
-            call = call.arg(&*b.rate).arg(&*b.burst);
+            call = call.arg(&b.name).arg(&*b.rate).arg(&*b.burst);
         }
-        if let Some((day, caps)) = &limits.budget
-            && !caps.is_empty()
-        {
-            call.keys.push(k0.usage(day));
+        if let Some((day, caps)) = limits.budget.as_ref().filter(|_| !caps.is_empty()) {
+            call = call.arg(day);
             for (field, cap) in caps {
                 call = call.arg(field).arg(cap);
             }

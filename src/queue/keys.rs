@@ -68,6 +68,12 @@ pub struct ShardKeys {
 }
 
 impl ShardKeys {
+    /// The shard's prefix, `{prefix}:{s<shard>}`: every key of the shard
+    /// starts with it.
+    pub fn base(&self) -> &str {
+        &self.base
+    }
+
     /// The shard's prefix followed by `parts` (cheaper than `format!`: keys
     /// are built for every event).
     fn join(&self, parts: &[&str]) -> String {
@@ -196,19 +202,29 @@ impl ShardKeys {
 /// The KEYS of each script, in the order the script reads them. Every list
 /// belongs to one shard, hence (thanks to the hash tag) one hash slot.
 impl ShardKeys {
-    pub fn enqueue_keys(&self, cid: &ConversationId, dedupe: &[String]) -> Vec<String> {
-        let mut keys = vec![
-            self.conv(cid),
-            self.inbox(cid),
-            self.ready(),
-            self.affine(),
-            self.workers(),
-            self.wake(),
-            self.outbox(),
-            self.dead(),
-        ];
-        keys.extend(dedupe.iter().map(|d| self.seen(d)));
-        keys
+    /// enqueue.lua (and admit.lua). The other keys it touches are named
+    /// in the script from [`ShardKeys::base`] (see
+    /// [`ShardKeys::named_by_enqueue`]).
+    pub fn enqueue_keys(&self, cid: &ConversationId) -> [String; 2] {
+        [self.conv(cid), self.inbox(cid)]
+    }
+    /// The keys enqueue.lua and admit.lua name from the base (`shard_key`
+    /// in the prelude), as they name them, with this file's names: for a
+    /// test that the two agree. `dedupe`, `bucket` and `day` stand for a
+    /// message's dedupe key, a bucket's name and a usage day.
+    pub fn named_by_enqueue(&self, dedupe: &str, bucket: &str, day: &str) -> [(String, String); 9] {
+        let named = |name: &str| [self.base.as_str(), ":", name].concat();
+        [
+            (named("ready"), self.ready()),
+            (named("ready:affine"), self.affine()),
+            (named("workers"), self.workers()),
+            (named("wake"), self.wake()),
+            (named("outbox"), self.outbox()),
+            (named("dead"), self.dead()),
+            (named(&["seen:", dedupe].concat()), self.seen(dedupe)),
+            (named(&["bucket:", bucket].concat()), self.bucket(bucket)),
+            (named(&["usage:", day].concat()), self.usage(day)),
+        ]
     }
     /// The shard-wide keys of a claim or a turn's end, in the order
     /// pop_claim.lua and fail.lua take them.

@@ -142,11 +142,26 @@ impl Queue {
         mode: EnqueueMode,
         acknowledge: bool,
     ) -> Result<ScriptCall<'_>, QueueError> {
+        let enqueue = &self.scripts().enqueue;
+        self.enqueue_call_of(enqueue, message, destination, mode, acknowledge)
+    }
+
+    /// [`Queue::enqueue_call`] of `script` (enqueue.lua, or admit.lua
+    /// before it): the keys and arguments of enqueue.lua, to which `script`
+    /// may add its own arguments.
+    fn enqueue_call_of<'a>(
+        &'a self,
+        script: &'a redis::Script,
+        message: &InboundMessage,
+        destination: &Destination,
+        mode: EnqueueMode,
+        acknowledge: bool,
+    ) -> Result<ScriptCall<'a>, QueueError> {
         let cid = &message.conversation;
         let k = self.keys().for_conversation(cid);
-        let keys = k.enqueue_keys(cid, &message.dedupe_keys);
+        let keys = k.enqueue_keys(cid);
         let s = self.settings();
-        Ok(ScriptCall::new(&self.scripts().enqueue, keys)
+        let mut call = ScriptCall::new(script, keys)
             .arg(cid)
             .arg_with(|out| encode::message_json(out, message))?
             .arg_with(|out| encode::destination_json(out, destination))?
@@ -162,7 +177,13 @@ impl Queue {
                 // Slack users see a reaction on their message at once.
                 Destination::Slack { .. } if acknowledge => message.external_id.as_str(),
                 _ => "",
-            }))
+            })
+            .arg(k.base())
+            .arg(message.dedupe_keys.len());
+        for key in &message.dedupe_keys {
+            call = call.arg(key);
+        }
+        Ok(call)
     }
 
     /// Queue one message for its conversation, deduplicated on its keys, and

@@ -223,7 +223,7 @@ impl Queue {
         reserve: f64,
     ) -> Result<Option<(usize, Duration)>, QueueError> {
         let k = self.keys().shard(0);
-        let keys = buckets.iter().map(|b| k.bucket(b.name)).collect();
+        let keys: Vec<String> = buckets.iter().map(|b| k.bucket(b.name)).collect();
         let mut call = ScriptCall::new(&self.scripts().take_tokens, keys)
             .arg(tokens)
             .arg(reserve);
@@ -254,7 +254,7 @@ impl Queue {
             .arg(bucket.rate)
             .arg(bucket.burst);
         let mut pipe = redis::pipe();
-        pipe.add_command(call.evalsha())
+        pipe.add_command(call.evalsha().clone())
             .cmd("HSET")
             .arg(key)
             .arg(field)

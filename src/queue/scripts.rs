@@ -65,75 +65,38 @@ impl Scripts {
     }
 }
 
-/// One script invocation: which script, its keys, its arguments.
+/// One script invocation: which script, its keys, its arguments, written
+/// as they are added into the `EVALSHA` command that is sent: no copy of
+/// them is made on the way (a Slack event's call has some twenty arguments,
+/// and copying each one more time cost more than filling it).
 pub struct ScriptCall<'a> {
-    pub script: &'a Script,
-    pub keys: Vec<String>,
-    args: Args,
-}
-
-/// A call's arguments end to end in one buffer, and where each ends: two
-/// allocations for a call, not one per argument.
-struct Args {
-    data: Vec<u8>,
-    ends: Vec<usize>,
-}
-
-impl Args {
-    fn len(&self) -> usize {
-        self.ends.len()
-    }
-
-    fn iter(&self) -> impl Iterator<Item = &[u8]> {
-        let mut start = 0;
-        self.ends.iter().map(move |&end| {
-            let arg = self.data.get(start..end).unwrap_or_default();
-            start = end;
-            arg
-        })
-    }
-}
-
-impl redis::RedisWrite for Args {
-    fn write_arg(&mut self, arg: &[u8]) {
-        self.data.extend_from_slice(arg);
-        self.ends.push(self.data.len());
-    }
-
-    fn writer_for_next_arg(&mut self) -> impl std::io::Write + '_ {
-        ArgWriter(self)
-    }
-}
-
-/// Writes one argument; it ends when the writer is dropped.
-struct ArgWriter<'a>(&'a mut Args);
-
-impl std::io::Write for ArgWriter<'_> {
-    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-        self.0.data.extend_from_slice(buf);
-        Ok(buf.len())
-    }
-
-    fn flush(&mut self) -> std::io::Result<()> {
-        Ok(())
-    }
-}
-
-impl Drop for ArgWriter<'_> {
-    fn drop(&mut self) {
-        self.0.ends.push(self.0.data.len());
-    }
+    script: &'a Script,
+    nkeys: usize,
+    cmd: redis::Cmd,
+    /// Where [`ScriptCall::arg_with`] writes, before the argument is added.
+    scratch: Vec<u8>,
 }
 
 impl<'a> ScriptCall<'a> {
-    pub fn new(script: &'a Script, keys: Vec<String>) -> Self {
+    /// A call of `script` with all its `keys` (they go before the
+    /// arguments, so every key is known here).
+    pub fn new<K: AsRef<str>, I>(script: &'a Script, keys: I) -> Self
+    where
+        I: IntoIterator<Item = K>,
+        I::IntoIter: ExactSizeIterator,
+    {
+        let keys = keys.into_iter();
+        let nkeys = keys.len();
+        let mut cmd = redis::Cmd::with_capacity(3 + nkeys + 16, 1024);
+        cmd.arg("EVALSHA").arg(script.get_hash()).arg(nkeys);
+        for key in keys {
+            cmd.arg(key.as_ref());
+        }
         Self {
             script,
-            keys,
-            args: Args {
-                data: Vec::with_capacity(512),
-                ends: Vec::with_capacity(16),
-            },
+            nkeys,
+            cmd,
+            scratch: Vec::new(),
         }
     }
 
@@ -141,23 +104,44 @@ impl<'a> ScriptCall<'a> {
     /// going through `fmt`). Only single-valued types belong here: a
     /// collection would add one argument per element.
     pub fn arg(mut self, arg: impl redis::ToRedisArgs) -> Self {
-        arg.write_redis_args(&mut self.args);
+        self.cmd.arg(arg);
         self
     }
 
     pub fn arg_bytes(mut self, arg: &[u8]) -> Self {
-        redis::RedisWrite::write_arg(&mut self.args, arg);
+        self.cmd.arg(arg);
         self
     }
 
-    /// An argument written straight into the call's buffer by `write`.
+    /// An argument written by `write` (into a buffer the call keeps for
+    /// the next such argument: the command's own writer goes through
+    /// `io::Write` a few bytes at a time, which costs more than one copy).
     pub fn arg_with<E>(
         mut self,
         write: impl FnOnce(&mut Vec<u8>) -> Result<(), E>,
     ) -> Result<Self, E> {
-        write(&mut self.args.data)?;
-        self.args.ends.push(self.args.data.len());
+        self.scratch.clear();
+        write(&mut self.scratch)?;
+        self.cmd.arg(&self.scratch[..]);
         Ok(self)
+    }
+
+    /// The call's keys, in order.
+    pub fn keys(&self) -> impl Iterator<Item = &[u8]> {
+        self.simple_args().skip(3).take(self.nkeys)
+    }
+
+    /// The call's arguments (after its keys), in order.
+    fn args(&self) -> impl Iterator<Item = &[u8]> {
+        self.simple_args().skip(3 + self.nkeys)
+    }
+
+    fn simple_args(&self) -> impl Iterator<Item = &[u8]> {
+        self.cmd.args_iter().map(|arg| match arg {
+            redis::Arg::Simple(bytes) => bytes,
+            // Never written: `Cmd::arg` of one value is one simple argument.
+            _ => &[],
+        })
     }
 
     /// Run it on a pooled connection.
@@ -168,20 +152,20 @@ impl<'a> ScriptCall<'a> {
         self.invoke_on(&mut **conn).await
     }
 
-    /// Run it on `conn`: `EVALSHA` built straight from the keys and
-    /// arguments; when Redis does not have the script yet (a restart, a new
-    /// server), the script is loaded and the call made again.
+    /// Run it on `conn` (`EVALSHA`); when Redis does not have the script yet
+    /// (a restart, a new server), the script is loaded and the call made
+    /// again.
     pub async fn invoke_on<T: redis::FromRedisValue, C: redis::aio::ConnectionLike>(
         &self,
         conn: &mut C,
     ) -> redis::RedisResult<T> {
-        match self.evalsha().query_async(conn).await {
+        match self.cmd.query_async(conn).await {
             Err(e) if is_no_script(&e) => {
                 let mut invocation = self.script.prepare_invoke();
-                for key in &self.keys {
+                for key in self.keys() {
                     invocation.key(key);
                 }
-                for arg in self.args.iter() {
+                for arg in self.args() {
                     invocation.arg(arg);
                 }
                 invocation.invoke_async(conn).await
@@ -192,20 +176,8 @@ impl<'a> ScriptCall<'a> {
 
     /// The `EVALSHA` command alone (e.g. for a pipeline; see [`is_no_script`]
     /// for when Redis does not have the script).
-    pub fn evalsha(&self) -> redis::Cmd {
-        // Sized up front: a Slack event's call has some thirty arguments,
-        // and growing the buffers one push at a time costs more than filling them.
-        let count = 3 + self.keys.len() + self.args.len();
-        let data = 64 + self.keys.iter().map(String::len).sum::<usize>() + self.args.data.len();
-        let mut cmd = redis::Cmd::with_capacity(count, data);
-        cmd.arg("EVALSHA")
-            .arg(self.script.get_hash())
-            .arg(self.keys.len())
-            .arg(&self.keys);
-        for arg in self.args.iter() {
-            cmd.arg(arg);
-        }
-        cmd
+    pub fn evalsha(&self) -> &redis::Cmd {
+        &self.cmd
     }
 }
 
@@ -221,7 +193,7 @@ mod tests {
     #[test]
     fn a_call_sends_its_keys_then_its_arguments_in_order() {
         let script = Script::new("return 1");
-        let call = ScriptCall::new(&script, vec!["k1".into(), "k2".into()])
+        let call = ScriptCall::new(&script, ["k1", "k2"])
             .arg("text")
             .arg(42u64)
             .arg("")
@@ -254,7 +226,9 @@ mod tests {
             b"-7",
         ];
         assert_eq!(args, expected);
-        // The fallback (when Redis lost the script) sends the same arguments.
-        assert_eq!(call.args.iter().count(), 6);
+        // The fallback (when Redis lost the script) sends the same keys and
+        // arguments.
+        assert_eq!(call.keys().collect::<Vec<_>>(), expected[3..5]);
+        assert_eq!(call.args().collect::<Vec<_>>(), expected[5..]);
     }
 }

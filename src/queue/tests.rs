@@ -40,17 +40,14 @@ fn hash_slot_matches_redis_reference_values() {
 #[test]
 fn every_scripts_keys_fall_in_one_hash_slot() {
     let keys = Keys::new("switchboard", 8);
-    let dedupe = vec![
-        "slack:event:Ev1".to_string(),
-        "slack:msg:T1:C1:1.2".to_string(),
-    ];
+    let dedupe = "slack:msg:T1:C1:1.2";
     let mut shards_seen = std::collections::HashSet::new();
     for i in 0..64 {
         let cid = ConversationId::new(format!("slack:T1:C{i}:1700000000.{i:06}"));
         let k = keys.for_conversation(&cid);
         shards_seen.insert(k.shard);
         let lists = [
-            ("enqueue", k.enqueue_keys(&cid, &dedupe)),
+            ("enqueue", k.enqueue_keys(&cid).to_vec()),
             ("pop_claim", k.pop_claim_keys("w1")),
             ("fail", k.turn_end_keys(&cid)),
             ("renew", k.renew_keys(&cid)),
@@ -68,6 +65,11 @@ fn every_scripts_keys_fall_in_one_hash_slot() {
         ];
         // schedule (prelude.lua) names the owner's wake list itself.
         assert_eq!(k.wake() + ":w:w1", k.wake_worker("w1"));
+        // enqueue.lua and admit.lua name their other keys from the base.
+        for (named, key) in k.named_by_enqueue(dedupe, "user:T1:U1", "2026-11-27") {
+            assert_eq!(named, key);
+            assert_eq!(hash_slot(&named), hash_slot(&k.conv(&cid)));
+        }
         // pop_claim.lua names the popped conversation's keys itself.
         assert_eq!(k.conv_prefix() + cid.as_str(), k.conv(&cid));
         assert_eq!(k.inbox_prefix() + cid.as_str(), k.inbox(&cid));

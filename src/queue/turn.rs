@@ -111,7 +111,10 @@ impl Queue {
             Some(o) => (o.worker.as_str().to_string(), o.slot, o.generation),
             None => (String::new(), 0, 0),
         };
-        let mut call = ScriptCall::new(&self.scripts().commit, k.commit_keys(cid))
+        let charge = commit.charge.as_ref().filter(|_| k.shard == 0);
+        let mut keys = k.commit_keys(cid);
+        keys.extend(charge.map(|c| k.usage(&c.day)));
+        let mut call = ScriptCall::new(&self.scripts().commit, keys)
             .arg(cid)
             .arg(lease.epoch)
             .arg(worker)
@@ -124,9 +127,8 @@ impl Queue {
             Some(s) => call.arg(&s.id).arg_bytes(&s.transcript).arg(s.offset),
             None => call.arg("").arg("").arg(0),
         };
-        call = match commit.charge.as_ref().filter(|_| k.shard == 0) {
+        call = match charge {
             Some(charge) => {
-                call.keys.push(k.usage(&charge.day));
                 let mut call = call.arg(charge.spend_fields.len() + 1);
                 for field in &charge.spend_fields {
                     call = call.arg(field);

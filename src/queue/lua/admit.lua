@@ -7,31 +7,39 @@
 -- nor is refused. A refused message is not queued, but its ids are marked
 -- seen (SET NX checks and marks in one call): a retry of it is a duplicate,
 -- and its sender is not told twice.
--- KEYS: as enqueue.lua (1..8, then ARGV[9] seen keys), then ARGV[10]
---       buckets, then the day's usage hash when ARGV[12] > 0
--- ARGV: 1..8 as enqueue.lua, 9 seen keys, 10 buckets, 11 max conversations
---       waiting in the shared ready queue, 12 budget caps, then per bucket:
---       rate per second, burst; then per cap: usage field, cap in USD
+-- KEYS: as enqueue.lua
+-- ARGV: as enqueue.lua (1 .. 10 + n), then from a = 11 + n: a buckets,
+--       a + 1 max conversations waiting in the shared ready queue, a + 2
+--       budget caps, then per bucket: name (its key is `<base>:bucket:<name>`,
+--       `ShardKeys::bucket`), rate per second, burst; then when there are
+--       caps, the UTC day (the usage hash is `<base>:usage:<day>`,
+--       `ShardKeys::usage`), and per cap: usage field, cap in USD
 -- Returns what enqueue.lua returns, or 'refused rate <i>' (bucket i short),
 -- 'refused busy', 'refused budget <i>' (cap i reached).
 do
-  local nseen, nbuckets, ncaps = tonumber(ARGV[9]), tonumber(ARGV[10]), tonumber(ARGV[12])
+  local base = ARGV[9]
+  local a = 11 + tonumber(ARGV[10])
+  local nbuckets, ncaps = tonumber(ARGV[a]), tonumber(ARGV[a + 2])
   -- A follow-up outside a conversation marks nothing seen: the ts it
   -- shares with its app_mention twin must not drop the mention.
   admitted.state = redis.call('HGET', KEYS[1], 'state')
   if ARGV[7] == '1' and not admitted.state then return 'no_conversation' end
-  for i = 9, 8 + nseen do
-    if not redis.call('SET', KEYS[i], '1', 'NX', 'EX', ARGV[6]) then return 'duplicate' end
+  for _, key in ipairs(seen_keys()) do
+    if not redis.call('SET', key, '1', 'NX', 'EX', ARGV[6]) then return 'duplicate' end
   end
-  local short = take_tokens(9 + nseen, nbuckets, 1, 0, 13)
+  local buckets = {}
+  for i = 1, nbuckets do buckets[i] = shard_key(base, 'bucket:' .. ARGV[a + 3 * i]) end
+  local short = take_tokens(buckets, 1, 0, a + 4, 3)
   if short > 0 then return 'refused rate ' .. short end
-  if redis.call('ZCARD', KEYS[3]) >= tonumber(ARGV[11]) then return 'refused busy' end
+  if redis.call('ZCARD', shard_key(base, 'ready')) >= tonumber(ARGV[a + 1]) then
+    return 'refused busy'
+  end
   if ncaps > 0 then
-    local usage = KEYS[9 + nseen + nbuckets]
-    local argi = 13 + 2 * nbuckets
+    local argi = a + 3 + 3 * nbuckets
+    local usage = shard_key(base, 'usage:' .. ARGV[argi])
     for i = 1, ncaps do
-      local spent = tonumber(redis.call('HGET', usage, ARGV[argi + 2 * i - 2])) or 0
-      if spent >= tonumber(ARGV[argi + 2 * i - 1]) then return 'refused budget ' .. i end
+      local spent = tonumber(redis.call('HGET', usage, ARGV[argi + 2 * i - 1])) or 0
+      if spent >= tonumber(ARGV[argi + 2 * i]) then return 'refused budget ' .. i end
     end
   end
   admitted.checked = true

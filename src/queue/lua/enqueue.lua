@@ -1,10 +1,15 @@
 -- Enqueue one message, deduplicated, and schedule its conversation.
--- KEYS: 1 conv, 2 inbox, 3 ready, 4 affine, 5 workers, 6 wake, 7 outbox, 8 dead, 9.. seen keys
+-- KEYS: 1 conv, 2 inbox
 -- ARGV: 1 cid, 2 message json, 3 destination json, 4 inbox cap, 5 idle ttl ms,
 --       6 dedupe ttl s, 7 existing only ('1': follow-ups),
 --       8 source id to acknowledge ('' for none): egress shows the user it was seen,
---       9 number of seen keys (optional: all KEYS after the 8th; admit.lua
---       puts more keys after them)
+--       9 the shard's base (`ShardKeys::base`), 10 n, 11 .. 10 + n the
+--       message's dedupe keys (admit.lua's arguments follow)
+-- The other keys, all in the shard's hash tag (so in the slot of KEYS), are
+-- named here from the base (shard_key, seen_keys in the prelude): the
+-- shard-wide ones (ready, affine, workers, wake, outbox, dead) and each
+-- dedupe key's seen mark. An event's call is then short, and it is built,
+-- packed and sent for every event.
 -- Returns one string, words separated by spaces (one bulk reply is the
 -- cheapest for the client to read): 'queued <id> <position> <ahead> <owner>'
 -- | 'duplicate' | 'overflow' | 'no_conversation'
@@ -14,20 +19,21 @@
 -- The reply to a message that overflowed its conversation's inbox.
 local OVERFLOW_TEXT = 'Too many messages are waiting in this conversation, so I had '
   .. 'to set the latest aside. Please wait for my reply before sending more.'
-local conv, inbox, outbox, dead = KEYS[1], KEYS[2], KEYS[7], KEYS[8]
+local conv, inbox = KEYS[1], KEYS[2]
+local outbox, dead = shard_key(ARGV[9], 'outbox'), shard_key(ARGV[9], 'dead')
 local cid = ARGV[1]
 local now = now_ms()
-local last_seen = 8 + (tonumber(ARGV[9]) or (#KEYS - 8))
 -- The conversation's state; false when it does not exist (every script
 -- that writes the hash sets a state).
 local state = admitted.state
 if not admitted.checked then
-  for i = 9, last_seen do
-    if redis.call('EXISTS', KEYS[i]) == 1 then return 'duplicate' end
+  local seen = seen_keys()
+  for _, key in ipairs(seen) do
+    if redis.call('EXISTS', key) == 1 then return 'duplicate' end
   end
   state = redis.call('HGET', conv, 'state')
   if ARGV[7] == '1' and not state then return 'no_conversation' end
-  for i = 9, last_seen do redis.call('SET', KEYS[i], '1', 'EX', ARGV[6]) end
+  for _, key in ipairs(seen) do redis.call('SET', key, '1', 'EX', ARGV[6]) end
 end
 if state then
   redis.call('HSET', conv, 'dest', ARGV[3], 'last_active_ms', now)
@@ -57,9 +63,11 @@ end
 redis.call('PEXPIRE', inbox, ARGV[5])
 local owner, ahead = '', false
 if state == 'idle' then
-  owner = schedule(conv, KEYS[3], KEYS[4], KEYS[5], KEYS[6], cid, now)
+  local ready = shard_key(ARGV[9], 'ready')
+  owner = schedule(conv, ready, shard_key(ARGV[9], 'ready:affine'), shard_key(ARGV[9], 'workers'),
+    shard_key(ARGV[9], 'wake'), cid, now)
   -- Only the message that puts its conversation in the shared queue learns
   -- its place: the sender is told once per wait, not once per message.
-  if owner == '' then ahead = redis.call('ZRANK', KEYS[3], cid) end
+  if owner == '' then ahead = redis.call('ZRANK', ready, cid) end
 end
 return 'queued ' .. id .. ' ' .. (len + 1) .. ' ' .. (ahead and tostring(ahead) or '-') .. ' ' .. owner

@@ -10,6 +10,22 @@ local function now_ms()
   return script_now
 end
 
+-- A shard-wide key, from the shard's base (`ShardKeys::base`): `name` is
+-- what follows the base in keys.rs (`ShardKeys::ready` is `<base>:ready`;
+-- a unit test checks the names these scripts use). Only for keys in the
+-- shard's hash tag, so in the slot of the script's KEYS.
+local function shard_key(base, name)
+  return base .. ':' .. name
+end
+
+-- The seen keys of enqueue.lua (and admit.lua): `<base>:seen:<dedupe key>`
+-- (`ShardKeys::seen`) for each of the ARGV[10] dedupe keys after it.
+local function seen_keys()
+  local keys = {}
+  for i = 1, tonumber(ARGV[10]) do keys[i] = shard_key(ARGV[9], 'seen:' .. ARGV[10 + i]) end
+  return keys
+end
+
 -- What admit.lua already did when enqueue.lua runs after it in the same
 -- script: checked and marked the seen keys, and read the conversation's
 -- state (false when it does not exist).
@@ -109,17 +125,18 @@ local function after_turn(conv, inbox, ready, affine, workers, wake, cid, now)
 end
 
 -- Token buckets shared by every process: take `wanted` tokens from each of
--- KEYS[first .. first + n - 1] in order, each refilling at its rate per
--- second up to its burst (ARGV[argi], ARGV[argi + 1], then the next pair),
--- leaving `reserve` tokens behind. The first bucket short stops the rest
--- (those after it are not touched). Returns 0, 0 when all were granted, else
--- i, ms to wait for the first bucket i (from 1) that was short.
-local function take_tokens(first, n, wanted, reserve, argi)
+-- the buckets `keys` in order, each refilling at its rate per second up to
+-- its burst (ARGV[argi], ARGV[argi + 1] for the first bucket; each next
+-- bucket's pair is `stride` arguments on), leaving `reserve` tokens behind.
+-- The first bucket short stops the rest (those after it are not touched).
+-- Returns 0, 0 when all were granted, else i, ms to wait for the first
+-- bucket i (from 1) that was short.
+local function take_tokens(keys, wanted, reserve, argi, stride)
   local now = now_ms()
   local want = wanted + reserve
-  for i = 1, n do
-    local key = KEYS[first + i - 1]
-    local rate, burst = tonumber(ARGV[argi + 2 * i - 2]), tonumber(ARGV[argi + 2 * i - 1])
+  for i, key in ipairs(keys) do
+    local at_arg = argi + stride * (i - 1)
+    local rate, burst = tonumber(ARGV[at_arg]), tonumber(ARGV[at_arg + 1])
     local state = redis.call('HMGET', key, 'tokens', 'at', 'ttl_at')
     local tokens = tonumber(state[1]) or burst
     local at = tonumber(state[2]) or now

@@ -6,5 +6,5 @@
 --                     important ones), then per bucket: rate per second, burst
 -- Returns {0, 0} when all were granted, else {i, ms to wait} for the first
 -- bucket i (from 1) that was short.
-local i, wait = take_tokens(1, #KEYS, tonumber(ARGV[1]), tonumber(ARGV[2]), 3)
+local i, wait = take_tokens(KEYS, tonumber(ARGV[1]), tonumber(ARGV[2]), 3, 2)
 return {i, wait}
