@@ -104,6 +104,65 @@ pub fn free_port() -> anyhow::Result<u16> {
     Ok(listener.local_addr()?.port())
 }
 
+/// A process that exited before it was ready: most often a port that
+/// [`free_port`] handed out was taken by another socket before the
+/// process bound it.
+#[derive(Debug)]
+pub struct ExitedEarly(pub String);
+
+impl std::fmt::Display for ExitedEarly {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{} exited before it was ready", self.0)
+    }
+}
+
+impl std::error::Error for ExitedEarly {}
+
+/// Wait until `check` holds while `proc` runs: fails at once with
+/// [`ExitedEarly`] when it exits, else after `timeout`.
+pub async fn wait_while_running<F, Fut>(
+    proc: &mut Proc,
+    what: &str,
+    timeout: Duration,
+    mut check: F,
+) -> anyhow::Result<()>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let deadline = Instant::now() + timeout;
+    while !check().await {
+        if !proc.alive() {
+            return Err(ExitedEarly(what.to_string()).into());
+        }
+        if Instant::now() > deadline {
+            bail!("timed out after {timeout:?} waiting for {what}");
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    Ok(())
+}
+
+/// Start something that listens on ports from [`free_port`]; when it
+/// exits before it is ready, start it again (on new ports), up to three
+/// times in all.
+pub async fn with_port_retries<T, F, Fut>(mut start: F) -> anyhow::Result<T>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = anyhow::Result<T>>,
+{
+    let mut tries = 0;
+    loop {
+        tries += 1;
+        match start().await {
+            Err(e) if tries < 3 && e.downcast_ref::<ExitedEarly>().is_some() => {
+                eprintln!("  {e:#}; starting it again on other ports");
+            }
+            other => return other,
+        }
+    }
+}
+
 /// Wait until `check` holds, polling, or fail after `timeout`.
 pub async fn wait_for<F, Fut>(what: &str, timeout: Duration, mut check: F) -> anyhow::Result<()>
 where
@@ -128,9 +187,13 @@ pub struct Redis {
 
 impl Redis {
     pub async fn start(dir: &Path) -> anyhow::Result<Self> {
+        with_port_retries(|| Self::start_once(dir)).await
+    }
+
+    async fn start_once(dir: &Path) -> anyhow::Result<Self> {
         std::fs::create_dir_all(dir)?;
         let port = free_port()?;
-        let proc = Proc::spawn(
+        let mut proc = Proc::spawn(
             "redis-server",
             Command::new("redis-server")
                 .args(["--bind", "127.0.0.1", "--port", &port.to_string()])
@@ -140,7 +203,7 @@ impl Redis {
         )?;
         let url = format!("redis://127.0.0.1:{port}/");
         let client = redis::Client::open(url.as_str())?;
-        wait_for("redis-server", Duration::from_secs(10), || {
+        wait_while_running(&mut proc, "redis-server", Duration::from_secs(10), || {
             let client = client.clone();
             async move {
                 match client.get_multiplexed_async_connection().await {

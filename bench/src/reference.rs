@@ -18,7 +18,7 @@ use switchboard::config::Secret;
 use switchboard::ingress::slack::SignatureVerifier;
 
 use crate::events::SIGNING_SECRET;
-use crate::procs::{Bins, Proc, Redis, free_port, get_ok, wait_for};
+use crate::procs::{Bins, Proc, Redis, free_port, get_ok, wait_while_running, with_port_retries};
 
 #[derive(Clone)]
 struct RefState {
@@ -89,6 +89,10 @@ pub struct RefServer {
 
 impl RefServer {
     pub async fn start(bins: &Bins, dir: &Path, callgrind: Option<&Path>) -> anyhow::Result<Self> {
+        with_port_retries(|| Self::start_once(bins, dir, callgrind)).await
+    }
+
+    async fn start_once(bins: &Bins, dir: &Path, callgrind: Option<&Path>) -> anyhow::Result<Self> {
         let redis = Redis::start(&dir.join("redis")).await?;
         let addr: SocketAddr = format!("127.0.0.1:{}", free_port()?).parse()?;
         let mut command = match callgrind {
@@ -110,10 +114,11 @@ impl RefServer {
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::null());
-        let proc = Proc::spawn("reference server", &mut command)?;
+        let mut proc = Proc::spawn("reference server", &mut command)?;
         let http = reqwest::Client::new();
         let slow = if callgrind.is_some() { 120 } else { 20 };
-        wait_for("the reference server", Duration::from_secs(slow), || {
+        let what = "the reference server";
+        wait_while_running(&mut proc, what, Duration::from_secs(slow), || {
             get_ok(&http, addr, "/readyz")
         })
         .await?;

@@ -12,7 +12,10 @@ use switchboard::config::{RedisSettings, Secret};
 use switchboard::queue::{Queue, QueueSettings};
 
 use crate::events::{BOT_TOKEN, SIGNING_SECRET};
-use crate::procs::{Bins, Proc, Redis, children, free_port, get_ok, rss_kib, wait_for};
+use crate::procs::{
+    Bins, Proc, Redis, children, free_port, get_ok, rss_kib, wait_for, wait_while_running,
+    with_port_retries,
+};
 
 pub const PREFIX: &str = "bench";
 
@@ -69,6 +72,15 @@ impl Stack {
         spec: StackSpec,
         slack_api: &str,
     ) -> anyhow::Result<Self> {
+        with_port_retries(|| Self::start_once(bins, root, spec.clone(), slack_api)).await
+    }
+
+    async fn start_once(
+        bins: &Bins,
+        root: &Path,
+        spec: StackSpec,
+        slack_api: &str,
+    ) -> anyhow::Result<Self> {
         let dir = root.join(&spec.name);
         std::fs::create_dir_all(&dir)?;
         let redis = Redis::start(&dir.join("redis")).await?;
@@ -117,7 +129,7 @@ impl Stack {
             ..QueueSettings::default()
         };
         let queue = Queue::new(pool, PREFIX, settings);
-        let stack = Self {
+        let mut stack = Self {
             spec,
             dir,
             gateway,
@@ -131,15 +143,17 @@ impl Stack {
         Ok(stack)
     }
 
-    async fn wait_ready(&self) -> anyhow::Result<()> {
+    async fn wait_ready(&mut self) -> anyhow::Result<()> {
         let http = reqwest::Client::new();
         let slow = if self.spec.callgrind_out.is_some() {
             120
         } else {
             30
         };
-        wait_for("the gateway's /readyz", Duration::from_secs(slow), || {
-            get_ok(&http, self.gateway, "/readyz")
+        let gateway = self.gateway;
+        let what = "the gateway's /readyz";
+        wait_while_running(&mut self.serve, what, Duration::from_secs(slow), || {
+            get_ok(&http, gateway, "/readyz")
         })
         .await
         .with_context(|| {
