@@ -4,14 +4,17 @@
 //! tag, so every key of one shard falls in one hash slot and every script
 //! (which touches one conversation, hence one shard) stays in one slot.
 
+use std::sync::Arc;
+
 use crate::domain::ConversationId;
 
 /// Key builder for a deployment (prefix) with a number of shards.
 #[derive(Debug, Clone)]
 pub struct Keys {
     prefix: String,
-    /// Each shard's key prefix, `{prefix}:{s<shard>}`.
-    bases: Vec<String>,
+    /// Each shard's key prefix, `{prefix}:{s<shard>}` (shared: a shard's
+    /// keys are built for every event, and cloning this costs no copy).
+    bases: Vec<Arc<str>>,
     shards: u16,
 }
 
@@ -20,7 +23,9 @@ impl Keys {
         let shards = shards.max(1);
         Self {
             prefix: prefix.to_string(),
-            bases: (0..shards).map(|n| format!("{prefix}:{{s{n}}}")).collect(),
+            bases: (0..shards)
+                .map(|n| Arc::from(format!("{prefix}:{{s{n}}}")))
+                .collect(),
             shards,
         }
     }
@@ -40,7 +45,7 @@ impl Keys {
             shard: n,
             base: match self.bases.get(usize::from(n)) {
                 Some(base) => base.clone(),
-                None => format!("{}:{{s{n}}}", self.prefix),
+                None => Arc::from(format!("{}:{{s{n}}}", self.prefix)),
             },
         }
     }
@@ -64,7 +69,7 @@ const INBOX: &str = ":inbox:";
 #[derive(Debug, Clone)]
 pub struct ShardKeys {
     pub shard: u16,
-    base: String,
+    base: Arc<str>,
 }
 
 impl ShardKeys {
@@ -213,7 +218,7 @@ impl ShardKeys {
     /// test that the two agree. `dedupe`, `bucket` and `day` stand for a
     /// message's dedupe key, a bucket's name and a usage day.
     pub fn named_by_enqueue(&self, dedupe: &str, bucket: &str, day: &str) -> [(String, String); 9] {
-        let named = |name: &str| [self.base.as_str(), ":", name].concat();
+        let named = |name: &str| [&*self.base, ":", name].concat();
         [
             (named("ready"), self.ready()),
             (named("ready:affine"), self.affine()),

@@ -87,7 +87,8 @@ impl<'a> ScriptCall<'a> {
     {
         let keys = keys.into_iter();
         let nkeys = keys.len();
-        let mut cmd = redis::Cmd::with_capacity(3 + nkeys + 16, 1024);
+        // Room for a Slack event's admit call (some twenty arguments).
+        let mut cmd = redis::Cmd::with_capacity(3 + nkeys + 28, 1024);
         cmd.arg("EVALSHA").arg(script.get_hash()).arg(nkeys);
         for key in keys {
             cmd.arg(key.as_ref());
