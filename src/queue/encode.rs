@@ -66,7 +66,7 @@ pub fn destination_json(
 
 /// A JSON string: copied whole when nothing in it needs an escape.
 fn string(out: &mut Vec<u8>, value: &str) -> Result<(), serde_json::Error> {
-    if value.bytes().any(|b| b < 0x20 || b == b'"' || b == b'\\') {
+    if needs_escape(value.as_bytes()) {
         return serde_json::to_writer(out, value);
     }
     out.reserve(value.len() + 2);
@@ -74,6 +74,34 @@ fn string(out: &mut Vec<u8>, value: &str) -> Result<(), serde_json::Error> {
     out.extend_from_slice(value.as_bytes());
     out.push(b'"');
     Ok(())
+}
+
+/// Whether `bytes` hold a byte JSON escapes: a control byte (below 0x20),
+/// '"' or '\\'. Eight bytes at a time (a Slack event's text is most of
+/// what the ingress path writes): a byte below n shows as a set high bit in
+/// `(v - n * ONES) & !v & HIGHS` (exact on whether any byte matched, which
+/// is all that is asked; a match only sends the string the slow way).
+fn needs_escape(bytes: &[u8]) -> bool {
+    const ONES: u64 = 0x0101_0101_0101_0101;
+    const HIGHS: u64 = 0x8080_8080_8080_8080;
+    let below = |v: u64, n: u64| v.wrapping_sub(n * ONES) & !v & HIGHS;
+    let mut chunks = bytes.chunks_exact(8);
+    for chunk in &mut chunks {
+        let Ok(eight) = <[u8; 8]>::try_from(chunk) else {
+            return true;
+        };
+        let v = u64::from_le_bytes(eight);
+        let found = below(v, 0x20)
+            | below(v ^ (u64::from(b'"') * ONES), 1)
+            | below(v ^ (u64::from(b'\\') * ONES), 1);
+        if found != 0 {
+            return true;
+        }
+    }
+    chunks
+        .remainder()
+        .iter()
+        .any(|&b| b < 0x20 || b == b'"' || b == b'\\')
 }
 
 fn optional(out: &mut Vec<u8>, value: Option<&str>) -> Result<(), serde_json::Error> {
@@ -101,6 +129,27 @@ mod tests {
             files,
             external_id: "1700000000.000100".into(),
             received_at_ms: 1_795_748_636_243,
+        }
+    }
+
+    #[test]
+    fn a_byte_to_escape_is_found_wherever_it_is() {
+        for len in 0..24 {
+            let plain = "a".repeat(len);
+            assert!(!needs_escape(plain.as_bytes()), "{len}");
+            assert!(!needs_escape("é ✓ \u{7f} ~!".as_bytes()));
+            for at in 0..len {
+                for bad in [b'"', b'\\', 0x00, 0x1f, b'\n'] {
+                    let mut bytes = plain.clone().into_bytes();
+                    bytes[at] = bad;
+                    assert!(needs_escape(&bytes), "{len} {at} {bad}");
+                }
+                for fine in [b' ', b'!', b'#', b'[', b']', 0x7f, 0x80, 0xff] {
+                    let mut bytes = plain.clone().into_bytes();
+                    bytes[at] = fine;
+                    assert!(!needs_escape(&bytes), "{len} {at} {fine}");
+                }
+            }
         }
     }
 
