@@ -214,21 +214,26 @@ impl ShardKeys {
         [self.conv(cid), self.inbox(cid)]
     }
     /// The keys enqueue.lua and admit.lua name from the base (`shard_key`
-    /// in the prelude), as they name them, with this file's names: for a
-    /// test that the two agree. `dedupe`, `bucket` and `day` stand for a
-    /// message's dedupe key, a bucket's name and a usage day.
-    pub fn named_by_enqueue(&self, dedupe: &str, bucket: &str, day: &str) -> [(String, String); 9] {
-        let named = |name: &str| [&*self.base, ":", name].concat();
+    /// in the prelude): what the script puts after `<base>:`, the value it
+    /// appends (a message's dedupe key, a bucket's name, a usage day; here
+    /// `dedupe`, `bucket` and `day`), and this file's name for the key. A
+    /// test reads the scripts' `shard_key` calls and checks them against it.
+    pub fn named_by_enqueue<'a>(
+        &self,
+        dedupe: &'a str,
+        bucket: &'a str,
+        day: &'a str,
+    ) -> [(&'static str, &'a str, String); 9] {
         [
-            (named("ready"), self.ready()),
-            (named("ready:affine"), self.affine()),
-            (named("workers"), self.workers()),
-            (named("wake"), self.wake()),
-            (named("outbox"), self.outbox()),
-            (named("dead"), self.dead()),
-            (named(&["seen:", dedupe].concat()), self.seen(dedupe)),
-            (named(&["bucket:", bucket].concat()), self.bucket(bucket)),
-            (named(&["usage:", day].concat()), self.usage(day)),
+            ("ready", "", self.ready()),
+            ("ready:affine", "", self.affine()),
+            ("workers", "", self.workers()),
+            ("wake", "", self.wake()),
+            ("outbox", "", self.outbox()),
+            ("dead", "", self.dead()),
+            ("seen:", dedupe, self.seen(dedupe)),
+            ("bucket:", bucket, self.bucket(bucket)),
+            ("usage:", day, self.usage(day)),
         ]
     }
     /// The shard-wide keys of a claim or a turn's end, in the order

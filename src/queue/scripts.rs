@@ -1,7 +1,10 @@
 //! The queue's Lua scripts. Each state change that must be atomic is one
-//! script and one round trip. Every script gets all its keys in KEYS, and all
-//! of them belong to one shard (one hash slot): `ScriptCall` keeps the keys
-//! apart so a test can check that.
+//! script and one round trip. Every key a script touches belongs to one
+//! shard (one hash slot, through the shard's hash tag). Most scripts get
+//! all their keys in KEYS; a few name some keys themselves from a prefix
+//! they are given, where the caller cannot know the key (pop_claim.lua's
+//! popped conversation) or where passing it costs every event (enqueue.lua
+//! and admit.lua). Tests check both the keys given and the names built.
 
 use redis::Script;
 

@@ -66,9 +66,9 @@ fn every_scripts_keys_fall_in_one_hash_slot() {
         // schedule (prelude.lua) names the owner's wake list itself.
         assert_eq!(k.wake() + ":w:w1", k.wake_worker("w1"));
         // enqueue.lua and admit.lua name their other keys from the base.
-        for (named, key) in k.named_by_enqueue(dedupe, "user:T1:U1", "2026-11-27") {
-            assert_eq!(named, key);
-            assert_eq!(hash_slot(&named), hash_slot(&k.conv(&cid)));
+        for (name, value, key) in k.named_by_enqueue(dedupe, "user:T1:U1", "2026-11-27") {
+            assert_eq!([k.base(), ":", name, value].concat(), key);
+            assert_eq!(hash_slot(&key), hash_slot(&k.conv(&cid)));
         }
         // pop_claim.lua names the popped conversation's keys itself.
         assert_eq!(k.conv_prefix() + cid.as_str(), k.conv(&cid));
@@ -88,6 +88,39 @@ fn every_scripts_keys_fall_in_one_hash_slot() {
         }
     }
     assert!(shards_seen.len() > 1, "conversations spread over shards");
+}
+
+/// The names in every `shard_key(base, '<name>' ...)` call of a script.
+fn shard_key_names(script: &str) -> Vec<&str> {
+    script
+        .match_indices("shard_key(")
+        .filter_map(|(at, _)| {
+            let call = &script[at..];
+            let after_comma = call.split_once(',')?.1.trim_start();
+            let name = after_comma.strip_prefix('\'')?;
+            Some(&name[..name.find('\'')?])
+        })
+        .collect()
+}
+
+#[test]
+fn enqueue_and_admit_name_their_keys_as_keys_rs_does() {
+    let k = Keys::new("switchboard", 1).shard(0);
+    let known: std::collections::BTreeSet<&str> = k
+        .named_by_enqueue("d", "b", "day")
+        .iter()
+        .map(|(name, _, _)| *name)
+        .collect();
+    let sources = [
+        include_str!("lua/prelude.lua"),
+        include_str!("lua/admit.lua"),
+        include_str!("lua/enqueue.lua"),
+    ];
+    let used: std::collections::BTreeSet<&str> =
+        sources.iter().flat_map(|s| shard_key_names(s)).collect();
+    // Every name the scripts build is one keys.rs knows, and each of them
+    // is used (the list is not stale).
+    assert_eq!(used, known);
 }
 
 #[test]
