@@ -95,12 +95,16 @@ impl Queue {
                 .and_then(|i| i.checked_sub(1))
                 .ok_or_else(|| super::protocol("admit", reply.clone()))
         };
-        let mut words = reply.split(' ');
-        match (words.next(), words.next()) {
-            (Some("refused"), Some("rate")) => Ok(Admitted::RateShort(index(words.next())?)),
-            (Some("refused"), Some("busy")) => Ok(Admitted::Busy),
-            (Some("refused"), Some("budget")) => Ok(Admitted::OverBudget(index(words.next())?)),
-            _ => Ok(Admitted::Enqueued(super::enqueued(&reply)?)),
+        // Read as enqueue's reply unless it is a refusal (split once).
+        let Some(refusal) = reply.strip_prefix("refused ") else {
+            return Ok(Admitted::Enqueued(super::enqueued(&reply)?));
+        };
+        let mut words = refusal.split(' ');
+        match words.next() {
+            Some("rate") => Ok(Admitted::RateShort(index(words.next())?)),
+            Some("busy") => Ok(Admitted::Busy),
+            Some("budget") => Ok(Admitted::OverBudget(index(words.next())?)),
+            _ => Err(super::protocol("admit", reply.clone())),
         }
     }
 }
