@@ -179,8 +179,69 @@ impl ControlResponseBody {
 }
 
 /// Parse one stdout line.
+///
+/// Most lines of a turn are `stream_event`s (one per delta). `OutLine` is
+/// internally tagged, so serde first copies a whole line into an owned
+/// tree to find its `type`; a `stream_event` is read straight into
+/// borrowed fields instead, and anything it does not recognise takes the
+/// general path (which decides what is an error, as before).
 pub fn parse_line(line: &str) -> Result<OutLine, serde_json::Error> {
+    if line.contains("\"stream_event\"") {
+        if let Some(parsed) = parse_stream_event(line) {
+            return Ok(parsed);
+        }
+    }
     serde_json::from_str(line)
+}
+
+/// The fields of a `stream_event` line the driver reads, borrowed where
+/// the JSON allows. Every other field is skipped unread.
+#[derive(Deserialize)]
+struct StreamProbe<'a> {
+    #[serde(rename = "type", borrow)]
+    kind: std::borrow::Cow<'a, str>,
+    #[serde(default, borrow)]
+    event: Option<EventProbe<'a>>,
+}
+
+#[derive(Deserialize)]
+struct EventProbe<'a> {
+    #[serde(rename = "type", borrow)]
+    kind: std::borrow::Cow<'a, str>,
+    #[serde(default, borrow)]
+    delta: Option<DeltaProbe<'a>>,
+}
+
+#[derive(Deserialize)]
+struct DeltaProbe<'a> {
+    #[serde(rename = "type", default, borrow)]
+    kind: Option<std::borrow::Cow<'a, str>>,
+    #[serde(default)]
+    text: Option<String>,
+}
+
+/// A `stream_event` line as `OutLine`, or None for the general path.
+fn parse_stream_event(line: &str) -> Option<OutLine> {
+    let probe: StreamProbe = serde_json::from_str(line).ok()?;
+    if probe.kind != "stream_event" {
+        return None;
+    }
+    let event = probe.event?;
+    let event = if event.kind != "content_block_delta" {
+        StreamEvent::Other
+    } else {
+        let delta = event.delta?;
+        match delta.kind.as_deref() {
+            Some("text_delta") => StreamEvent::ContentBlockDelta {
+                delta: Delta::TextDelta { text: delta.text? },
+            },
+            Some(_) => StreamEvent::ContentBlockDelta {
+                delta: Delta::Other,
+            },
+            None => return None,
+        }
+    };
+    Some(OutLine::StreamEvent(StreamEventLine { event }))
 }
 
 /// The stdin line carrying one user turn.
@@ -318,6 +379,41 @@ mod tests {
             ),
             OutLine::Assistant(_)
         ));
+    }
+
+    #[test]
+    fn stream_events_read_directly_parse_as_the_general_path_does() {
+        let lines = [
+            r#"{"type":"stream_event","event":{"type":"content_block_delta","index":0,"delta":{"type":"text_delta","text":"Hel"}},"session_id":"s","uuid":"u"}"#,
+            // Keys in another order, escapes in the text.
+            r#"{"event":{"delta":{"text":"a\"b\n\u00e9","type":"text_delta"},"index":0,"type":"content_block_delta"},"uuid":"u","type":"stream_event"}"#,
+            r#"{"type":"stream_event","event":{"type":"message_start","message":{"id":"m","usage":{}}}}"#,
+            r#"{"type":"stream_event","event":{"type":"message_delta","delta":{"stop_reason":"end_turn","stop_sequence":null},"usage":{"output_tokens":3}}}"#,
+            r#"{"type":"stream_event","event":{"type":"content_block_delta","index":1,"delta":{"type":"input_json_delta","partial_json":"{\"a"}}}"#,
+            r#"{"type":"stream_event","event":{"type":"content_block_delta","index":1,"delta":{"type":"thinking_delta","thinking":"hm"}}}"#,
+            // Shapes only the general path can judge (some are errors).
+            r#"{"type":"stream_event","event":{"type":"future_event","delta":"text"}}"#,
+            r#"{"type":"stream_event","event":{"type":"content_block_delta","delta":{"type":"text_delta"}}}"#,
+            r#"{"type":"stream_event","event":{"type":"content_block_delta","delta":{"text":"x"}}}"#,
+            r#"{"type":"stream_event","event":{"type":"content_block_delta"}}"#,
+            r#"{"type":"stream_event"}"#,
+            r#"{"type":"stream_event","event":{"index":0}}"#,
+            r#"{"type":"stream_event","event":{"type":"content_block_delta","delta":{"type":"text_delta","text":7}}}"#,
+            r#"{"type":"result","subtype":"success","is_error":false,"result":"said \"stream_event\"","session_id":"s"}"#,
+            r#"{"type":"stream_event","event":"#,
+        ];
+        for line in lines {
+            let general = serde_json::from_str::<OutLine>(line).map_err(|e| e.to_string());
+            assert_eq!(
+                parse_line(line).map_err(|e| e.to_string()),
+                general,
+                "{line}"
+            );
+        }
+        // The common lines take the direct path.
+        assert!(parse_stream_event(lines[0]).is_some());
+        assert!(parse_stream_event(lines[2]).is_some());
+        assert!(parse_stream_event(lines[13]).is_none());
     }
 
     #[test]
