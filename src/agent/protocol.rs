@@ -186,10 +186,10 @@ impl ControlResponseBody {
 /// borrowed fields instead, and anything it does not recognise takes the
 /// general path (which decides what is an error, as before).
 pub fn parse_line(line: &str) -> Result<OutLine, serde_json::Error> {
-    if line.contains("\"stream_event\"") {
-        if let Some(parsed) = parse_stream_event(line) {
-            return Ok(parsed);
-        }
+    if line.contains("\"stream_event\"")
+        && let Some(parsed) = parse_stream_event(line)
+    {
+        return Ok(parsed);
     }
     serde_json::from_str(line)
 }
