@@ -22,13 +22,16 @@ local first_part = 13
 if ncharge > 0 then
   local cost = ARGV[13 + ncharge]
   for i = 13, 11 + ncharge do redis.call('HINCRBYFLOAT', KEYS[11], ARGV[i], cost) end
-  redis.call('HINCRBY', KEYS[11], ARGV[12 + ncharge], 1)
-  redis.call('EXPIRE', KEYS[11], ARGV[14 + ncharge])
+  -- The day's hash gets its expiry once: when this call made it, the
+  -- turns field is new too (only commits write the hash).
+  if redis.call('HINCRBY', KEYS[11], ARGV[12 + ncharge], 1) == 1 then
+    redis.call('EXPIRE', KEYS[11], ARGV[14 + ncharge])
+  end
   first_part = 15 + ncharge
 end
 -- Every field the commit reads, in one call.
 local f = redis.call('HMGET', conv, 'state', 'epoch', 'batch_end', 'dest', 'batch_attempts',
-  'progressed', 'session_id')
+  'progressed', 'session_id', 'turns')
 if not lease_live(leases, cid, ARGV[2], now, f[1], f[2]) then return {'fenced'} end
 if ARGV[9] ~= '' then
   local offset = tonumber(ARGV[11])
@@ -57,21 +60,28 @@ for i = first_part, #ARGV do
     'fresh', fresh)
 end
 trim_batch(inbox, batch_end)
-redis.call('HINCRBY', conv, 'turns', 1)
+-- What after_turn does, with its idle state written in the HSET below.
+local waiting = redis.call('XLEN', inbox) > 0
 redis.call('HINCRBYFLOAT', conv, 'cost_usd', ARGV[6])
 local done = {'batch_end', 'batch_attempts', 'last_error', 'overflow_notified', 'lease_worker',
   'lease_slot', 'progressed'}
+local set = {'turns', (tonumber(f[8]) or 0) + 1, 'last_active_ms', now}
+if not waiting then
+  set[#set + 1] = 'state'
+  set[#set + 1] = 'idle'
+end
 if ARGV[3] ~= '' then
   redis.call('HDEL', conv, unpack(done))
   redis.call('HSET', conv, 'owner_worker', ARGV[3], 'owner_slot', ARGV[4], 'owner_gen', ARGV[5],
-    'last_active_ms', now)
+    unpack(set))
 else
   redis.call('HDEL', conv, 'owner_worker', 'owner_slot', 'owner_gen', unpack(done))
-  redis.call('HSET', conv, 'last_active_ms', now)
+  redis.call('HSET', conv, unpack(set))
 end
 redis.call('ZREM', leases, cid)
 redis.call('HDEL', KEYS[4], cid)
 redis.call('PEXPIRE', conv, ARGV[7])
 redis.call('PEXPIRE', inbox, ARGV[7])
 redis.call('PEXPIRE', KEYS[10], ARGV[7])
-return {'ok', after_turn(conv, inbox, KEYS[5], KEYS[6], KEYS[7], KEYS[8], cid, now)}
+if not waiting then return {'ok', ''} end
+return {'ok', schedule(conv, KEYS[5], KEYS[6], KEYS[7], KEYS[8], cid, now)}
