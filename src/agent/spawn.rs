@@ -70,8 +70,11 @@ pub(crate) async fn spawn(mut command: tokio::process::Command) -> io::Result<Ag
     let child = answer
         .await
         .map_err(|_| io::Error::other("the agent spawner thread is gone"))??;
+    let pid = child.id();
     Ok(AgentChild {
-        pid: child.id(),
+        pid,
+        // Opened once: read after every turn, it is then one pread.
+        statm: std::fs::File::open(format!("/proc/{pid}/statm")).ok(),
         child: Some(child),
         status: None,
         group_killed: false,
@@ -95,6 +98,9 @@ pub(crate) fn kill_group(pid: u32, signal: i32) {
 pub(crate) struct AgentChild {
     child: Option<Child>,
     pid: u32,
+    /// `/proc/<pid>/statm`, held open (it names this process, not whoever
+    /// gets the pid next).
+    statm: Option<std::fs::File>,
     status: Option<ExitStatus>,
     /// The group got its final SIGKILL; never signal it again.
     group_killed: bool,
@@ -206,8 +212,10 @@ impl AgentChild {
         if self.child.is_none() || self.status.is_some() {
             return None;
         }
-        let statm = std::fs::read_to_string(format!("/proc/{}/statm", self.pid)).ok()?;
-        statm_rss_bytes(&statm, page_size())
+        use std::os::unix::fs::FileExt;
+        let mut buf = [0u8; 256];
+        let n = self.statm.as_ref()?.read_at(&mut buf, 0).ok()?;
+        statm_rss_bytes(std::str::from_utf8(&buf[..n]).ok()?, page_size())
     }
 }
 
