@@ -182,22 +182,34 @@ async fn claim_loop(shared: &Arc<Shared>, turns: &TaskTracker, shutdown: &Cancel
     // Whether the last claim said more was ready: this claim then holds no
     // wake-up, and takes the one queued with what it pops.
     let mut more_ready = false;
-    while !shutdown.is_cancelled() {
-        // Created before the check, so a slot freed in between wakes us.
-        let changed = shared.changed.notified();
-        let available = lock(&shared.table).iter().any(SlotMeta::available);
-        if !available {
-            tokio::select! {
-                _ = shutdown.cancelled() => return,
-                _ = changed => continue,
-                // A safety net only: every slot change notifies.
-                _ = tokio::time::sleep(Duration::from_millis(200)) => continue,
+    // A claim made as a wait ended (`wait_then_claim`).
+    let mut waited: Option<Result<ClaimOutcome, QueueError>> = None;
+    loop {
+        if shutdown.is_cancelled() {
+            if let Some(Ok(ClaimOutcome::Claimed(claim))) = waited {
+                hand_back(shared, &claim, "worker shutting down").await;
             }
+            return;
         }
-        let claimed = if std::mem::take(&mut more_ready) {
-            shared.queue.claim_more(&shared.id, 0).await
-        } else {
-            shared.queue.claim(&shared.id, 0).await
+        let claimed = match waited.take() {
+            Some(claimed) => claimed,
+            None => {
+                // Created before the check, so a slot freed in between wakes us.
+                let changed = shared.changed.notified();
+                if !slot_available(shared) {
+                    tokio::select! {
+                        _ = shutdown.cancelled() => return,
+                        _ = changed => continue,
+                        // A safety net only: every slot change notifies.
+                        _ = tokio::time::sleep(Duration::from_millis(200)) => continue,
+                    }
+                }
+                if std::mem::take(&mut more_ready) {
+                    shared.queue.claim_more(&shared.id, 0).await
+                } else {
+                    shared.queue.claim(&shared.id, 0).await
+                }
+            }
         };
         match claimed {
             Ok(ClaimOutcome::Claimed(claim)) if waited_too_long(shared, &claim) => {
@@ -215,13 +227,13 @@ async fn claim_loop(shared: &Arc<Shared>, turns: &TaskTracker, shutdown: &Cancel
                 more_ready = claim.more_ready;
                 start_turn(shared, turns, shutdown, claim).await;
                 if !more_ready {
-                    wait_for_work(shared, shutdown).await;
+                    waited = wait_then_claim(shared, shutdown).await;
                 }
             }
             Ok(ClaimOutcome::DeadLettered { conversation }) => {
                 tracing::warn!(%conversation, "batch out of attempts: dead-lettered");
             }
-            Ok(ClaimOutcome::Empty) => wait_for_work(shared, shutdown).await,
+            Ok(ClaimOutcome::Empty) => waited = wait_then_claim(shared, shutdown).await,
             Err(e) => {
                 tracing::warn!(error = %e, "claim failed");
                 backoff(shutdown).await;
@@ -253,11 +265,49 @@ async fn start_turn(
             // No slot came back in time (or we are stopping): hand
             // the conversation back rather than hold it.
             tracing::warn!("claimed but no slot became available; handing it back");
-            let _ = shared
-                .queue
-                .fail(&claim.lease, "no slot available", true)
-                .await;
+            hand_back(shared, &claim, "no slot available").await;
         }
+    }
+}
+
+fn slot_available(shared: &Shared) -> bool {
+    lock(&shared.table).iter().any(SlotMeta::available)
+}
+
+/// Wait for work, and claim it in the same round trip when a slot is free
+/// and the queue has one shard ([`crate::queue::Queue::wait_and_claim`]):
+/// the claim's outcome, for the loop to act on. Otherwise (or stopping)
+/// only wait, and the loop claims when it has a slot.
+async fn wait_then_claim(
+    shared: &Shared,
+    shutdown: &CancellationToken,
+) -> Option<Result<ClaimOutcome, QueueError>> {
+    if shared.queue.keys().shards() != 1 || !slot_available(shared) || shutdown.is_cancelled() {
+        wait_for_work(shared, shutdown).await;
+        return None;
+    }
+    let wait = shared
+        .queue
+        .wait_and_claim(&shared.id, 0, shared.settings.blocking_read);
+    tokio::pin!(wait);
+    tokio::select! {
+        claimed = &mut wait => return Some(claimed),
+        _ = shutdown.cancelled() => {}
+    }
+    // Stopping. Dropping the wait could leave a claim made as it ended
+    // leased to no one until the lease expired: wake it instead, and let
+    // the loop hand back whatever it claimed (at worst `blocking_read`
+    // later, if the wake-up cannot be sent).
+    if let Err(e) = shared.queue.wake_worker(&shared.id).await {
+        tracing::debug!(error = %e, "could not end the wait for work early");
+    }
+    Some(wait.await)
+}
+
+/// Give a claimed batch back for another worker (or a later claim).
+async fn hand_back(shared: &Shared, claim: &crate::queue::Claim, reason: &str) {
+    if let Err(e) = shared.queue.fail(&claim.lease, reason, true).await {
+        tracing::warn!(error = %e, "could not hand a claim back; its lease will expire");
     }
 }
 

@@ -303,6 +303,64 @@ impl Queue {
         Ok(ClaimOutcome::Empty)
     }
 
+    /// Wait up to `timeout` for a wake-up, then claim as [`Queue::claim`]
+    /// does, in one round trip: the claim is pipelined behind the blocking
+    /// pop, so Redis runs it the moment the wait ends (a wake-up or the
+    /// timeout) instead of answering the wait and then hearing from the
+    /// worker again. One shard only: with more, a worker waits on each in
+    /// turn ([`Queue::wait_for_work`]) and then claims.
+    pub async fn wait_and_claim(
+        &self,
+        worker: &WorkerId,
+        slot: u32,
+        timeout: std::time::Duration,
+    ) -> Result<ClaimOutcome, QueueError> {
+        let k = self.keys().shard(0);
+        let call = self.pop_claim_call(&k, worker, slot, false);
+        let mut pipe = redis::pipe();
+        pipe.cmd("BLPOP")
+            .arg(k.wake_worker(worker.as_str()))
+            .arg(k.wake())
+            .arg(timeout.as_secs_f64())
+            .ignore()
+            .add_command(call.evalsha().clone());
+        let mut conn = self.conn().await?;
+        let reply: redis::RedisResult<(Option<Vec<String>>,)> = pipe.query_async(&mut *conn).await;
+        drop(conn);
+        let outcome = match reply {
+            Ok((reply,)) => self.pop_claim_outcome(reply, worker, slot)?,
+            // Redis lost its scripts (a restart): the plain claim loads it.
+            // The wake-up, if any, was taken by the pop.
+            Err(e) if scripts::is_no_script(&e) => None,
+            Err(e) => return Err(e.into()),
+        };
+        match outcome {
+            Some(outcome) => Ok(outcome),
+            // Stale (or no script): pop again, as a claim does, holding no
+            // wake-up for the pops after the first.
+            None => self.claim_taking(worker, slot, true).await,
+        }
+    }
+
+    /// The pop_claim call for `worker`'s `slot` in shard `k`.
+    fn pop_claim_call<'a>(
+        &'a self,
+        k: &keys::ShardKeys,
+        worker: &WorkerId,
+        slot: u32,
+        take_wake: bool,
+    ) -> ScriptCall<'a> {
+        ScriptCall::new(&self.scripts().pop_claim, k.pop_claim_keys(worker.as_str()))
+            .arg(k.conv_prefix())
+            .arg(k.inbox_prefix())
+            .arg(worker)
+            .arg(slot)
+            .arg(Self::ms(self.settings().lease_ttl))
+            .arg(self.settings().max_attempts)
+            .arg(DEAD_LETTER_TEXT)
+            .arg(if take_wake { "1" } else { "0" })
+    }
+
     /// One pop and claim in one shard. `None`: the popped entry was stale.
     async fn claim_in_shard(
         &self,
@@ -313,18 +371,20 @@ impl Queue {
     ) -> Result<Option<ClaimOutcome>, QueueError> {
         let k = self.keys().shard(shard);
         let mut conn = self.conn().await?;
-        let reply: Option<Vec<String>> =
-            ScriptCall::new(&self.scripts().pop_claim, k.pop_claim_keys(worker.as_str()))
-                .arg(k.conv_prefix())
-                .arg(k.inbox_prefix())
-                .arg(worker)
-                .arg(slot)
-                .arg(Self::ms(self.settings().lease_ttl))
-                .arg(self.settings().max_attempts)
-                .arg(DEAD_LETTER_TEXT)
-                .arg(if take_wake { "1" } else { "0" })
-                .invoke(&mut conn)
-                .await?;
+        let reply: Option<Vec<String>> = self
+            .pop_claim_call(&k, worker, slot, take_wake)
+            .invoke(&mut conn)
+            .await?;
+        self.pop_claim_outcome(reply, worker, slot)
+    }
+
+    /// What a pop_claim reply says. `None`: the popped entry was stale.
+    fn pop_claim_outcome(
+        &self,
+        reply: Option<Vec<String>>,
+        worker: &WorkerId,
+        slot: u32,
+    ) -> Result<Option<ClaimOutcome>, QueueError> {
         let Some(reply) = reply else {
             return Ok(Some(ClaimOutcome::Empty));
         };

@@ -109,6 +109,21 @@ impl Queue {
         Ok(())
     }
 
+    /// End `worker`'s own wait now ([`Queue::wait_and_claim`] on its
+    /// stopping), with a wake-up in its list that expires if nothing takes it.
+    pub async fn wake_worker(&self, worker: &WorkerId) -> Result<(), QueueError> {
+        let key = self.keys().shard(0).wake_worker(worker.as_str());
+        let mut conn = self.conn().await?;
+        redis::pipe()
+            .rpush(&key, "1")
+            .ignore()
+            .expire(&key, 60)
+            .ignore()
+            .query_async::<()>(&mut *conn)
+            .await?;
+        Ok(())
+    }
+
     pub(crate) async fn reap_worker(
         &self,
         k: &ShardKeys,

@@ -131,6 +131,67 @@ async fn a_claim_made_because_more_was_ready_takes_the_wake_up_of_what_it_pops()
     );
 }
 
+#[tokio::test]
+async fn a_wait_claims_what_woke_it_in_the_same_call_and_takes_its_wake_up() {
+    let redis = TestRedis::start();
+    let (queue, _) = test_queue(&redis, "waitclaim", fast_settings());
+    let w = worker("w1");
+    let k = queue.keys().shard(0);
+    // Nothing queued: the wait ends at its timeout with nothing claimed.
+    assert!(matches!(
+        queue
+            .wait_and_claim(&w, 0, Duration::from_millis(50))
+            .await
+            .expect("wait"),
+        ClaimOutcome::Empty
+    ));
+    // Waiting first: a message queued meanwhile wakes the wait, which
+    // returns it claimed.
+    let waiting = {
+        let (queue, w) = (queue.clone(), w.clone());
+        tokio::spawn(async move { queue.wait_and_claim(&w, 0, Duration::from_secs(30)).await })
+    };
+    wait_until(Duration::from_secs(10), "the wait to block", || {
+        let queue = queue.clone();
+        async move {
+            let mut conn = queue.connection().await.ok()?;
+            let clients: String = redis::cmd("CLIENT")
+                .arg("LIST")
+                .query_async(&mut *conn)
+                .await
+                .ok()?;
+            clients.contains("cmd=blpop").then_some(())
+        }
+    })
+    .await;
+    enqueue(&queue, "c1", 0).await;
+    let ClaimOutcome::Claimed(claim) = waiting.await.expect("join").expect("wait") else {
+        panic!("c1 woke the wait and was claimed");
+    };
+    assert_eq!(texts(&claim), ["message 0"]);
+    assert!(!claim.more_ready);
+    assert_eq!(
+        llen(&queue, &k.wake()).await,
+        0,
+        "the wait took its wake-up"
+    );
+    // Queued before the wait: its wake-up ends the wait at once.
+    queue
+        .commit(&claim.lease, &reply("one"))
+        .await
+        .expect("commit");
+    enqueue(&queue, "c2", 0).await;
+    let ClaimOutcome::Claimed(second) = queue
+        .wait_and_claim(&w, 0, Duration::from_secs(30))
+        .await
+        .expect("wait")
+    else {
+        panic!("c2 was ready");
+    };
+    assert_eq!(texts(&second), ["message 0"]);
+    assert_ne!(second.lease.conversation, claim.lease.conversation);
+}
+
 async fn llen(queue: &Queue, key: &str) -> u64 {
     let mut conn = queue.connection().await.expect("conn");
     redis::cmd("LLEN")
