@@ -280,7 +280,8 @@ impl Default for SlackSettings {
 pub struct EgressSettings {
     /// A streamed reply is updated at most this often (Slack allows about one
     /// chat.update per second per message); workers publish progress no
-    /// faster either.
+    /// faster either. The first progress waits 250 ms after the first text
+    /// (`pool::progress::FIRST_UPDATE_DELAY`), so a quick reply is posted once.
     #[serde(with = "humantime_serde")]
     pub update_interval: Duration,
     /// Reaction added to a Slack message as soon as it is queued, removed

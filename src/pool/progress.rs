@@ -10,6 +10,13 @@ use tokio::time::Instant;
 use crate::agent::TurnEvent;
 use crate::queue::{Lease, Queue, QueueError};
 
+/// How long after a turn's first text its first progress goes out. A
+/// reply done sooner is posted once, whole, rather than posted and then
+/// updated at once: one Slack call instead of two (chat.update has the
+/// tighter limit), and no progress write in Redis. A reader waiting on a
+/// model does not see the difference.
+pub const FIRST_UPDATE_DELAY: Duration = Duration::from_millis(250);
+
 /// Publishes a turn's progress; returns the last sequence number used.
 pub async fn publish_progress(
     queue: Queue,
@@ -20,11 +27,12 @@ pub async fn publish_progress(
     let mut text = String::new();
     let mut seq = 0u64;
     let mut last_sent: Option<Instant> = None;
+    let mut first_text: Option<Instant> = None;
     let mut dirty = false;
     loop {
-        let due = match (dirty, last_sent) {
-            (true, Some(at)) => Some(at + interval),
-            (true, None) => Some(Instant::now()),
+        let due = match (dirty, last_sent, first_text) {
+            (true, Some(at), _) => Some(at + interval),
+            (true, None, Some(first)) => Some(first + FIRST_UPDATE_DELAY),
             _ => None,
         };
         let event = match due {
@@ -48,6 +56,7 @@ pub async fn publish_progress(
         match event {
             Some(TurnEvent::Delta(delta)) => {
                 text.push_str(&delta);
+                first_text.get_or_insert_with(Instant::now);
                 dirty = true;
             }
             Some(TurnEvent::Result(_)) => {}

@@ -2,7 +2,8 @@
 
 use std::time::Duration;
 
-use switchboard::queue::{Queue, WorkerId};
+use switchboard::domain::ConversationId;
+use switchboard::queue::{OutboxKind, Queue, WorkerId};
 
 use crate::helpers::*;
 use crate::pool_support::*;
@@ -40,6 +41,39 @@ async fn a_new_conversation_is_served_by_a_pre_started_slot_and_its_follow_up_by
     for pid in pids {
         assert!(!alive(pid), "agent {pid} outlived the worker's shutdown");
     }
+}
+
+#[tokio::test]
+async fn a_reply_done_soon_after_its_first_text_is_not_streamed_and_a_slow_one_is() {
+    let redis = TestRedis::start();
+    let (queue, _) = test_queue(&redis, "stream", pool_queue_settings());
+    let dir = tempfile::tempdir().expect("tempdir");
+    let w = TestWorker::start(&queue, "stream", pool(2, 1), agent_settings(dir.path())).await;
+    fresh_pids(&queue, &w.id, 2).await;
+    let progress = |cid: &'static str| {
+        let queue = queue.clone();
+        async move {
+            queue
+                .outbox_entries(0)
+                .await
+                .expect("outbox")
+                .into_iter()
+                .filter(|e| e.kind == OutboxKind::Progress)
+                .filter(|e| e.conversation == ConversationId::new(cid))
+                .count()
+        }
+    };
+    // Its deltas come over 60 ms, well within the first update's delay:
+    // one final entry only.
+    say(&queue, "quick", 0, "[[delay:60]] hello").await;
+    let (text, _) = nth_reply(&queue, "quick", 1).await;
+    assert!(text.contains("hello"), "{text}");
+    assert_eq!(progress("quick").await, 0, "a quick reply is posted once");
+    // Deltas spread over 1.5 s: progress while it runs, then the final.
+    say(&queue, "slow", 0, "[[delay:1500]] take your time").await;
+    nth_reply(&queue, "slow", 1).await;
+    assert!(progress("slow").await >= 2, "a slow reply streams");
+    w.shutdown().await;
 }
 
 /// Maintenance rounds an hour apart: within a test, only the top-up when a
