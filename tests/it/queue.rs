@@ -190,6 +190,28 @@ async fn a_wait_claims_what_woke_it_in_the_same_call_and_takes_its_wake_up() {
     };
     assert_eq!(texts(&second), ["message 0"]);
     assert_ne!(second.lease.conversation, claim.lease.conversation);
+    // Redis lost its scripts (a restart): the claim behind the pop fails
+    // with NOSCRIPT, and the call claims the plain way instead.
+    queue
+        .commit(&second.lease, &reply("two"))
+        .await
+        .expect("commit");
+    let mut conn = queue.connection().await.expect("conn");
+    let _: () = redis::cmd("SCRIPT")
+        .arg("FLUSH")
+        .query_async(&mut *conn)
+        .await
+        .expect("script flush");
+    enqueue(&queue, "c3", 0).await;
+    let ClaimOutcome::Claimed(third) = queue
+        .wait_and_claim(&w, 0, Duration::from_secs(30))
+        .await
+        .expect("wait after a script flush")
+    else {
+        panic!("c3 was ready");
+    };
+    assert_eq!(texts(&third), ["message 0"]);
+    assert_eq!(llen(&queue, &k.wake()).await, 0);
 }
 
 async fn llen(queue: &Queue, key: &str) -> u64 {
