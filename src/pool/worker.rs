@@ -259,7 +259,13 @@ async fn start_turn(
             }
             metrics::counter!("switchboard_pool_claims_total", "slot" => assignment.label())
                 .increment(1);
-            turns.spawn(super::turn::run(shared.clone(), *claim, assignment));
+            // Boxed: the turn's future is about 16 kB, and a task would
+            // otherwise copy it whole as it is spawned and as it ends.
+            turns.spawn(Box::pin(super::turn::run(
+                shared.clone(),
+                *claim,
+                assignment,
+            )));
         }
         None => {
             // No slot came back in time (or we are stopping): hand
