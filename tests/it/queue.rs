@@ -176,42 +176,43 @@ async fn a_wait_claims_what_woke_it_in_the_same_call_and_takes_its_wake_up() {
         "the wait took its wake-up"
     );
     // Queued before the wait: its wake-up ends the wait at once.
-    queue
-        .commit(&claim.lease, &reply("one"))
-        .await
-        .expect("commit");
-    enqueue(&queue, "c2", 0).await;
-    let ClaimOutcome::Claimed(second) = queue
-        .wait_and_claim(&w, 0, Duration::from_secs(30))
-        .await
-        .expect("wait")
-    else {
-        panic!("c2 was ready");
-    };
-    assert_eq!(texts(&second), ["message 0"]);
+    let second = commit_then_wait_for(&queue, &w, &claim, "c2").await;
     assert_ne!(second.lease.conversation, claim.lease.conversation);
     // Redis lost its scripts (a restart): the claim behind the pop fails
     // with NOSCRIPT, and the call claims the plain way instead.
-    queue
-        .commit(&second.lease, &reply("two"))
-        .await
-        .expect("commit");
     let mut conn = queue.connection().await.expect("conn");
     let _: () = redis::cmd("SCRIPT")
         .arg("FLUSH")
         .query_async(&mut *conn)
         .await
         .expect("script flush");
-    enqueue(&queue, "c3", 0).await;
-    let ClaimOutcome::Claimed(third) = queue
-        .wait_and_claim(&w, 0, Duration::from_secs(30))
-        .await
-        .expect("wait after a script flush")
-    else {
-        panic!("c3 was ready");
-    };
-    assert_eq!(texts(&third), ["message 0"]);
+    commit_then_wait_for(&queue, &w, &second, "c3").await;
     assert_eq!(llen(&queue, &k.wake()).await, 0);
+}
+
+/// Commit `done`, queue the first message of `cid`, and claim it with
+/// `wait_and_claim`.
+async fn commit_then_wait_for(
+    queue: &Queue,
+    w: &switchboard::queue::WorkerId,
+    done: &switchboard::queue::Claim,
+    cid: &str,
+) -> Box<switchboard::queue::Claim> {
+    queue
+        .commit(&done.lease, &reply("done"))
+        .await
+        .expect("commit");
+    enqueue(queue, cid, 0).await;
+    let ClaimOutcome::Claimed(claim) = queue
+        .wait_and_claim(w, 0, Duration::from_secs(30))
+        .await
+        .expect("wait")
+    else {
+        panic!("{cid} was ready");
+    };
+    assert_eq!(texts(&claim), ["message 0"]);
+    assert_eq!(claim.lease.conversation.to_string(), cid);
+    claim
 }
 
 async fn llen(queue: &Queue, key: &str) -> u64 {
