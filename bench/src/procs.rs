@@ -222,14 +222,7 @@ impl Redis {
     /// Redis INFO commandstats (commands run inside scripts are counted too):
     /// (command, calls, total µs), most time first.
     pub async fn commandstats(&self) -> Vec<(String, u64, f64)> {
-        let Ok(mut conn) = self.connection().await else {
-            return Vec::new();
-        };
-        let info: String = redis::cmd("INFO")
-            .arg("commandstats")
-            .query_async(&mut conn)
-            .await
-            .unwrap_or_default();
+        let info = self.info("commandstats").await;
         let mut out: Vec<(String, u64, f64)> = info
             .lines()
             .filter_map(|line| {
@@ -248,6 +241,37 @@ impl Redis {
             .collect();
         out.sort_by(|a, b| b.2.total_cmp(&a.2));
         out
+    }
+
+    /// Redis INFO stats counters that show its round trips: reads and
+    /// writes it made on client sockets, and connections it accepted.
+    pub async fn io_counts(&self) -> Vec<(String, u64)> {
+        let info = self.info("stats").await;
+        [
+            "total_reads_processed",
+            "total_writes_processed",
+            "total_connections_received",
+        ]
+        .iter()
+        .filter_map(|key| {
+            let value = info
+                .lines()
+                .find_map(|l| l.strip_prefix(key)?.strip_prefix(':'))?;
+            Some((key.to_string(), value.trim().parse().ok()?))
+        })
+        .collect()
+    }
+
+    /// One section of Redis INFO (empty when Redis cannot be reached).
+    async fn info(&self, section: &str) -> String {
+        let Ok(mut conn) = self.connection().await else {
+            return String::new();
+        };
+        redis::cmd("INFO")
+            .arg(section)
+            .query_async(&mut conn)
+            .await
+            .unwrap_or_default()
     }
 
     pub async fn connection(&self) -> anyhow::Result<redis::aio::MultiplexedConnection> {

@@ -287,6 +287,13 @@ pub async fn e2e(ctx: &Ctx) -> anyhow::Result<PhaseOut> {
             usec / replies.max(1) as f64
         );
     }
+    let io_counts = plain.redis.io_counts().await;
+    for (counter, count) in &io_counts {
+        log!(
+            "    {counter:<28} {:>6.2}",
+            *count as f64 / replies.max(1) as f64
+        );
+    }
     plain.stop();
     let plain_ratio = ratio_median(&plain_rates, &rf);
     let ratio = ratio_median(&gw, &rf);
@@ -317,7 +324,9 @@ pub async fn e2e(ctx: &Ctx) -> anyhow::Result<PhaseOut> {
             "cpu_per_reply": {"serve_no_reaction": plain_cpu.json(),
                 "pipeline": pipeline_cpu.json()},
             "serve_no_reaction_redis_commandstats":
-                crate::procs::commandstats_json(&commandstats)}),
+                crate::procs::commandstats_json(&commandstats),
+            "serve_no_reaction_redis_io": io_counts.iter().map(|(k, v)| (k.clone(), json!(v)))
+                .collect::<serde_json::Map<String, serde_json::Value>>()}),
     })
 }
 
