@@ -828,6 +828,72 @@ async fn a_slack_message_gets_an_acknowledgement_entry_only_when_asked() {
     }
     assert!(acks(queue.clone(), "quiet").await.is_empty());
     assert_eq!(acks(queue.clone(), "seen").await, vec!["7".to_string()]);
+    // Each reply names the acknowledgements egress removes: only the
+    // acknowledged conversation's.
+    let w = worker("w");
+    for _ in 0..2 {
+        let c = claim(&queue, &w).await.expect("claim");
+        let text = c.lease.conversation.as_str().to_string();
+        queue.commit(&c.lease, &reply(&text)).await.expect("commit");
+    }
+    let mut finals: Vec<(String, Vec<String>)> = Vec::new();
+    for cid in ["quiet", "seen"] {
+        let shard = queue.keys().shard_of(&ConversationId::new(cid));
+        for e in queue.outbox_entries(shard).await.expect("outbox") {
+            if e.kind == OutboxKind::Final && e.conversation.as_str() == cid {
+                finals.push((e.text, e.acks));
+            }
+        }
+    }
+    assert_eq!(
+        finals,
+        vec![
+            ("quiet".to_string(), vec![]),
+            ("seen".to_string(), vec!["7".to_string()])
+        ]
+    );
+}
+
+/// The claim freezes a batch up to the newest message, as enqueue recorded
+/// it; without that record (a conversation queued before it was kept), or
+/// with one that no longer names a message, it finds the newest itself.
+#[tokio::test]
+async fn a_claim_takes_every_waiting_message_whatever_the_newest_on_record() {
+    let redis = TestRedis::start();
+    let (queue, _) = test_queue(&redis, "newest", fast_settings());
+    let w = worker("w");
+    let cid = ConversationId::new("c1");
+    let conv = queue.keys().shard_of(&cid);
+    let conv = queue.keys().shard(conv).conv(&cid);
+    let mut client = redis.client();
+    let mut next = 0;
+    for record in [None, Some("1-0"), Some("keep")] {
+        for n in next..next + 2 {
+            enqueue(&queue, "c1", n).await;
+        }
+        match record {
+            None => redis::cmd("HDEL")
+                .arg(&conv)
+                .arg("last_id")
+                .exec(&mut client),
+            Some("keep") => Ok(()),
+            Some(id) => redis::cmd("HSET")
+                .arg(&conv)
+                .arg("last_id")
+                .arg(id)
+                .exec(&mut client),
+        }
+        .expect("edit the record");
+        let c = claim(&queue, &w).await.expect("claim");
+        assert_eq!(
+            texts(&c),
+            [format!("message {next}"), format!("message {}", next + 1)],
+            "with the newest on record: {record:?}"
+        );
+        queue.commit(&c.lease, &reply("ok")).await.expect("commit");
+        assert!(claim(&queue, &w).await.is_none(), "nothing left behind");
+        next += 2;
+    }
 }
 
 #[tokio::test]

@@ -22,7 +22,8 @@ do
   local nbuckets, ncaps = tonumber(ARGV[a]), tonumber(ARGV[a + 2])
   -- A follow-up outside a conversation marks nothing seen: the ts it
   -- shares with its app_mention twin must not drop the mention.
-  admitted.state = redis.call('HGET', KEYS[1], 'state')
+  local st = redis.call('HMGET', KEYS[1], 'state', 'owner_worker')
+  admitted.state, admitted.owner = st[1], st[2]
   if ARGV[7] == '1' and not admitted.state then return 'no_conversation' end
   for _, key in ipairs(seen_keys()) do
     if not redis.call('SET', key, '1', 'NX', 'EX', ARGV[6]) then return 'duplicate' end

@@ -31,7 +31,7 @@ if ncharge > 0 then
 end
 -- Every field the commit reads, in one call.
 local f = redis.call('HMGET', conv, 'state', 'epoch', 'batch_end', 'dest', 'batch_attempts',
-  'progressed', 'session_id', 'turns')
+  'progressed', 'session_id', 'turns', 'acked')
 if not lease_live(leases, cid, ARGV[2], now, f[1], f[2]) then return {'fenced'} end
 if ARGV[9] ~= '' then
   local offset = tonumber(ARGV[11])
@@ -46,7 +46,9 @@ if ARGV[9] ~= '' then
   end
 end
 local batch_end = f[3]
-local acks = batch_acks(inbox, batch_end)
+-- Only a conversation whose messages were acknowledged has reactions to
+-- remove (enqueue.lua marks it).
+local acks = f[9] and batch_acks(inbox, batch_end) or '[]'
 -- The destination goes with the reply, so egress need not read it back.
 local dest = f[4] or ''
 -- Nothing was published under this reply's ids before (first attempt, no

@@ -23,28 +23,37 @@ local conv, inbox = KEYS[1], KEYS[2]
 local outbox, dead = shard_key(ARGV[9], 'outbox'), shard_key(ARGV[9], 'dead')
 local cid = ARGV[1]
 local now = now_ms()
--- The conversation's state; false when it does not exist (every script
--- that writes the hash sets a state).
-local state = admitted.state
+-- The conversation's state and owner; false when it does not exist (every
+-- script that writes the hash sets a state).
+local state, owner = admitted.state, admitted.owner
 if not admitted.checked then
   local seen = seen_keys()
   for _, key in ipairs(seen) do
     if redis.call('EXISTS', key) == 1 then return 'duplicate' end
   end
-  state = redis.call('HGET', conv, 'state')
+  local st = redis.call('HMGET', conv, 'state', 'owner_worker')
+  state, owner = st[1], st[2]
   if ARGV[7] == '1' and not state then return 'no_conversation' end
   for _, key in ipairs(seen) do redis.call('SET', key, '1', 'EX', ARGV[6]) end
 end
-if state then
-  redis.call('HSET', conv, 'dest', ARGV[3], 'last_active_ms', now)
-else
+-- What this message writes to the conversation, in one HSET at the end.
+local fields = {'dest', ARGV[3], 'last_active_ms', now}
+local new = not state
+if new then
   state = 'idle'
-  redis.call('HSET', conv, 'cid', cid, 'state', state, 'epoch', 0, 'created_ms', now,
-    'dest', ARGV[3], 'last_active_ms', now)
+  for _, f in ipairs({'cid', cid, 'epoch', 0, 'created_ms', now}) do fields[#fields + 1] = f end
 end
-redis.call('PEXPIRE', conv, ARGV[5])
+local function write_conv()
+  redis.call('HSET', conv, unpack(fields))
+  redis.call('PEXPIRE', conv, ARGV[5])
+end
 local len = redis.call('XLEN', inbox)
 if len >= tonumber(ARGV[4]) then
+  if new then
+    fields[#fields + 1] = 'state'
+    fields[#fields + 1] = 'idle'
+  end
+  write_conv()
   redis.call('XADD', dead, '*', 'cid', cid, 'reason', 'inbox_overflow', 'attempts', 0,
     'batch', '', 'messages', '[' .. ARGV[2] .. ']', 'dest', ARGV[3], 'at_ms', now)
   if redis.call('HSETNX', conv, 'overflow_notified', '1') == 1 then
@@ -56,18 +65,26 @@ if len >= tonumber(ARGV[4]) then
   return 'overflow'
 end
 local id = redis.call('XADD', inbox, '*', 'm', ARGV[2])
+-- The newest message: the claim freezes its batch up to here.
+fields[#fields + 1] = 'last_id'
+fields[#fields + 1] = id
 if ARGV[8] ~= '' then
   redis.call('XADD', outbox, '*', 'kind', 'ack', 'cid', cid, 'reply_id', cid .. '/ack/' .. id,
     'part', 0, 'seq', 0, 'text', '', 'acks', cjson.encode({ARGV[8]}), 'at_ms', now)
+  -- Its commits look for acknowledgements to remove (until it expires).
+  fields[#fields + 1] = 'acked'
+  fields[#fields + 1] = '1'
 end
 redis.call('PEXPIRE', inbox, ARGV[5])
-local owner, ahead = '', false
+local routed, ahead = '', false
 if state == 'idle' then
   local ready = shard_key(ARGV[9], 'ready')
-  owner = schedule(conv, ready, shard_key(ARGV[9], 'ready:affine'), shard_key(ARGV[9], 'workers'),
-    shard_key(ARGV[9], 'wake'), cid, now)
+  routed = route(ready, shard_key(ARGV[9], 'ready:affine'), shard_key(ARGV[9], 'workers'),
+    shard_key(ARGV[9], 'wake'), cid, now, owner)
+  for _, f in ipairs({'state', 'scheduled', 'scheduled_ms', now}) do fields[#fields + 1] = f end
   -- Only the message that puts its conversation in the shared queue learns
   -- its place: the sender is told once per wait, not once per message.
-  if owner == '' then ahead = redis.call('ZRANK', ready, cid) end
+  if routed == '' then ahead = redis.call('ZRANK', ready, cid) end
 end
-return 'queued ' .. id .. ' ' .. (len + 1) .. ' ' .. (ahead and tostring(ahead) or '-') .. ' ' .. owner
+write_conv()
+return 'queued ' .. id .. ' ' .. (len + 1) .. ' ' .. (ahead and tostring(ahead) or '-') .. ' ' .. routed

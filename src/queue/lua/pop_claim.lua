@@ -45,19 +45,29 @@ more = more and '1' or '0'
 local conv, inbox = ARGV[1] .. cid, ARGV[2] .. cid
 -- Everything the claim reads, in one call.
 local f = redis.call('HMGET', conv, 'state', 'batch_end', 'batch_attempts', 'epoch',
-  'owner_worker', 'owner_slot', 'owner_gen', 'session_id', 'dest')
+  'owner_worker', 'owner_slot', 'owner_gen', 'session_id', 'dest', 'last_id')
 -- Another pop or a reclaim got there first: leave its lease alone.
 if f[1] ~= 'scheduled' then return {'stale', cid, more} end
 local batch_end = f[2]
 -- A batch frozen by an earlier attempt keeps its count; a new one starts at 0.
 local attempt = batch_end and (tonumber(f[3]) or 0) + 1 or 1
+-- A new batch ends at the newest message: the one enqueue.lua recorded,
+-- else (none recorded, or already trimmed) the inbox's last entry.
+local entries
 if not batch_end then
-  local last = redis.call('XREVRANGE', inbox, '+', '-', 'COUNT', 1)
-  if #last == 0 then
-    redis.call('HSET', conv, 'state', 'idle')
-    return {'stale', cid, more}
+  if f[10] then
+    entries = redis.call('XRANGE', inbox, '-', f[10])
+    if #entries > 0 then batch_end = f[10] end
   end
-  batch_end = last[1][1]
+  if not batch_end then
+    local last = redis.call('XREVRANGE', inbox, '+', '-', 'COUNT', 1)
+    if #last == 0 then
+      redis.call('HSET', conv, 'state', 'idle')
+      return {'stale', cid, more}
+    end
+    batch_end = last[1][1]
+    entries = nil
+  end
 end
 if attempt > tonumber(ARGV[6]) then
   local reason = redis.call('HGET', conv, 'last_error') or 'worker lost'
@@ -73,7 +83,7 @@ redis.call('ZADD', leases, now + tonumber(ARGV[5]), cid)
 redis.call('HSET', holders, cid, worker)
 local out = {'claimed', cid, more, epoch, attempt, batch_end,
   f[5] or '', f[6] or '', f[7] or '', f[8] or '', f[9] or ''}
-for _, e in ipairs(redis.call('XRANGE', inbox, '-', batch_end)) do
+for _, e in ipairs(entries or redis.call('XRANGE', inbox, '-', batch_end)) do
   out[#out + 1] = e[1]
   out[#out + 1] = e[2][2]
 end

@@ -28,8 +28,8 @@ end
 
 -- What admit.lua already did when enqueue.lua runs after it in the same
 -- script: checked and marked the seen keys, and read the conversation's
--- state (false when it does not exist).
-local admitted = { checked = false, state = false }
+-- state and owner (false when absent).
+local admitted = { checked = false, state = false, owner = false }
 
 -- The caller holds the conversation's lease at `epoch`, and it has not
 -- expired; `state` and `held` are the conversation's state and epoch fields.
@@ -45,33 +45,46 @@ local function holds_lease(conv, leases, cid, epoch, now)
   return lease_live(leases, cid, epoch, now, st[1], st[2])
 end
 
--- Put a conversation with waiting work in a ready queue: its owner's
+-- Route a conversation with waiting work to a ready queue: its owner's
 -- (affinity) while the owner's heartbeat is live, else the shared one, and
--- wake who should take it. Returns the owner's name when routed to it, or ''.
+-- wake who should take it. `owner` is the conversation's owner_worker field
+-- (false when none). Returns the owner's name when routed to it, or ''.
+-- The caller sets the conversation's state (schedule below, or enqueue.lua
+-- in the HSET it makes anyway).
 -- The owner's wake list (`<wake>:w:<owner>`, see `ShardKeys::wake_worker`)
 -- is named here rather than in KEYS: the caller cannot know the owner, and
 -- the key shares the shard's hash tag, so it is in the same slot.
-local function schedule(conv, ready, affine, workers, wake, cid, now)
-  local owner = redis.call('HGET', conv, 'owner_worker')
+local function route(ready, affine, workers, wake, cid, now, owner)
   if owner then
     local hb = redis.call('ZSCORE', workers, owner)
     if hb and tonumber(hb) >= now then
       local member = owner .. '|' .. string.format('%015d', now) .. '|' .. cid
       redis.call('ZADD', affine, 0, member)
-      redis.call('HSET', conv, 'state', 'scheduled', 'scheduled_ms', now)
       local own_wake = wake .. ':w:' .. owner
-      -- At most 1000 wake-ups wait (trimmed only when past that).
-      if redis.call('RPUSH', own_wake, '1') > 1000 then
+      -- At most 1000 wake-ups wait (trimmed only when past that). The list
+      -- expires an hour after it was made (its owner pops it empty, which
+      -- deletes it, long before that; a dead owner's list goes).
+      local waiting = redis.call('RPUSH', own_wake, '1')
+      if waiting == 1 then
+        redis.call('EXPIRE', own_wake, 3600)
+      elseif waiting > 1000 then
         redis.call('LTRIM', own_wake, -1000, -1)
       end
-      redis.call('EXPIRE', own_wake, 3600)
       return owner
     end
   end
   redis.call('ZADD', ready, 'NX', now, cid)
-  redis.call('HSET', conv, 'state', 'scheduled', 'scheduled_ms', now)
   if redis.call('RPUSH', wake, '1') > 1000 then redis.call('LTRIM', wake, -1000, -1) end
   return ''
+end
+
+-- Put a conversation with waiting work in a ready queue (route) and mark it
+-- scheduled. Returns the owner's name when routed to it, or ''.
+local function schedule(conv, ready, affine, workers, wake, cid, now)
+  local owner = redis.call('HGET', conv, 'owner_worker')
+  local routed = route(ready, affine, workers, wake, cid, now, owner)
+  redis.call('HSET', conv, 'state', 'scheduled', 'scheduled_ms', now)
+  return routed
 end
 
 -- The source ids (Slack ts) of the batch's messages, as a JSON array: egress

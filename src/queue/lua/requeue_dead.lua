@@ -9,7 +9,10 @@ if redis.call('EXISTS', KEYS[2]) == 0 then
   redis.call('HSET', KEYS[2], 'cid', ARGV[2], 'state', 'idle', 'epoch', 0, 'created_ms', now,
     'dest', ARGV[4])
 end
-for i = 5, #ARGV do redis.call('XADD', KEYS[3], '*', 'm', ARGV[i]) end
+local id
+for i = 5, #ARGV do id = redis.call('XADD', KEYS[3], '*', 'm', ARGV[i]) end
+-- The newest message, as enqueue.lua records it.
+if id then redis.call('HSET', KEYS[2], 'last_id', id) end
 redis.call('PEXPIRE', KEYS[2], ARGV[3])
 redis.call('PEXPIRE', KEYS[3], ARGV[3])
 if redis.call('HGET', KEYS[2], 'state') == 'idle' then
