@@ -314,6 +314,11 @@ impl ClaudeProcess {
         let mut stopping: Option<(Stop, tokio::time::Instant)> = None;
         let mut last_output = tokio::time::Instant::now();
         let mut streamed = String::new();
+        // One timer for the turn. Output moves the wake-up later; the timer
+        // is not moved for that (dozens of times a turn) but checks, when it
+        // fires, whether the wake-up it stood for is still due.
+        let timer = tokio::time::sleep_until(deadline);
+        tokio::pin!(timer);
         loop {
             // Checked here too, not only by the timer below: an agent that
             // writes without pause would otherwise never let the timer run.
@@ -329,6 +334,9 @@ impl ClaudeProcess {
                 Some((_, until)) => until,
                 None => deadline.min(last_output + self.settings.silence_timeout),
             };
+            if wake < timer.deadline() || timer.is_elapsed() {
+                timer.as_mut().reset(wake);
+            }
             let line = tokio::select! {
                 biased;
                 changed = interrupts.changed(), if interrupts_open && stopping.is_none() => {
@@ -339,7 +347,12 @@ impl ClaudeProcess {
                     continue;
                 }
                 line = self.stdout.next_segment() => line,
-                () = tokio::time::sleep_until(wake) => {
+                () = &mut timer => {
+                    if tokio::time::Instant::now() < wake {
+                        // Armed for an earlier wake-up that output has moved on.
+                        timer.as_mut().reset(wake);
+                        continue;
+                    }
                     match stopping {
                         Some((why, _)) => return Err(self.give_up(why).await),
                         None if tokio::time::Instant::now() >= deadline => {

@@ -29,6 +29,11 @@ pub async fn publish_progress(
     let mut last_sent: Option<Instant> = None;
     let mut first_text: Option<Instant> = None;
     let mut dirty = false;
+    // One timer for the turn, moved only when the due time changes: a
+    // turn's deltas (dozens) do not each add and remove a timer.
+    let timer = tokio::time::sleep_until(Instant::now());
+    tokio::pin!(timer);
+    let mut armed: Option<Instant> = None;
     loop {
         let due = match (dirty, last_sent, first_text) {
             (true, Some(at), _) => Some(at + interval),
@@ -36,21 +41,28 @@ pub async fn publish_progress(
             _ => None,
         };
         let event = match due {
-            Some(due) => tokio::select! {
-                event = events.recv() => event,
-                _ = tokio::time::sleep_until(due) => {
-                    seq += 1;
-                    match queue.progress(&lease, 0, seq, &text).await {
-                        Ok(()) => {}
-                        // The keeper notices the lost lease and stops the turn.
-                        Err(QueueError::Fenced(_)) => {}
-                        Err(e) => tracing::warn!(error = %e, "progress not published"),
-                    }
-                    last_sent = Some(Instant::now());
-                    dirty = false;
-                    continue;
+            Some(due) => {
+                if armed != Some(due) {
+                    timer.as_mut().reset(due);
+                    armed = Some(due);
                 }
-            },
+                tokio::select! {
+                    event = events.recv() => event,
+                    () = &mut timer => {
+                        armed = None;
+                        seq += 1;
+                        match queue.progress(&lease, 0, seq, &text).await {
+                            Ok(()) => {}
+                            // The keeper notices the lost lease and stops the turn.
+                            Err(QueueError::Fenced(_)) => {}
+                            Err(e) => tracing::warn!(error = %e, "progress not published"),
+                        }
+                        last_sent = Some(Instant::now());
+                        dirty = false;
+                        continue;
+                    }
+                }
+            }
             None => events.recv().await,
         };
         match event {

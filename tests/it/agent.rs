@@ -219,6 +219,30 @@ async fn a_hung_agent_is_failed_by_the_silence_watchdog_and_killed() {
     assert_eq!(process.pid(), None);
 }
 
+/// Output resets the silence watchdog: a reply that streams for longer than
+/// the silence timeout, with shorter pauses, completes.
+#[tokio::test]
+async fn output_that_keeps_coming_holds_off_the_silence_watchdog() {
+    let slots = Slots::new();
+    let settings = AgentSettings {
+        silence_timeout: Duration::from_millis(400),
+        interrupt_grace: Duration::from_millis(300),
+        ..stand_in_settings()
+    };
+    let mut process = start(&settings, &slots.slot("a"), SessionStart::New).await;
+    let started = Instant::now();
+    // About six text chunks, a pause of about 200 ms before each.
+    let (result, _) = turn(&mut process, "[[delay:1500]]").await;
+    let result = result.expect("the turn completes");
+    assert!(result.text.contains("[[delay:1500]]"), "{}", result.text);
+    assert!(
+        started.elapsed() >= Duration::from_millis(1500),
+        "{:?}",
+        started.elapsed()
+    );
+    assert!(process.is_usable());
+}
+
 #[tokio::test]
 async fn a_crash_mid_turn_is_reported_as_a_crash() {
     let slots = Slots::new();
