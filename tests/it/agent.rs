@@ -195,11 +195,7 @@ async fn resuming_a_missing_session_fails_to_start_with_a_clear_error() {
 #[tokio::test]
 async fn a_hung_agent_is_failed_by_the_silence_watchdog_and_killed() {
     let slots = Slots::new();
-    let settings = AgentSettings {
-        silence_timeout: Duration::from_millis(400),
-        interrupt_grace: Duration::from_millis(300),
-        ..stand_in_settings()
-    };
+    let settings = quick_watchdog();
     let mut process = start(&settings, &slots.slot("a"), SessionStart::New).await;
     let pid = process.pid().expect("pid");
     let started = Instant::now();
@@ -219,16 +215,22 @@ async fn a_hung_agent_is_failed_by_the_silence_watchdog_and_killed() {
     assert_eq!(process.pid(), None);
 }
 
+/// The stand-in with a 400 ms silence watchdog and a 300 ms grace after
+/// an interrupt.
+fn quick_watchdog() -> AgentSettings {
+    AgentSettings {
+        silence_timeout: Duration::from_millis(400),
+        interrupt_grace: Duration::from_millis(300),
+        ..stand_in_settings()
+    }
+}
+
 /// Output resets the silence watchdog: a reply that streams for longer than
 /// the silence timeout, with shorter pauses, completes.
 #[tokio::test]
 async fn output_that_keeps_coming_holds_off_the_silence_watchdog() {
     let slots = Slots::new();
-    let settings = AgentSettings {
-        silence_timeout: Duration::from_millis(400),
-        interrupt_grace: Duration::from_millis(300),
-        ..stand_in_settings()
-    };
+    let settings = quick_watchdog();
     let mut process = start(&settings, &slots.slot("a"), SessionStart::New).await;
     let started = Instant::now();
     // About six text chunks, a pause of about 200 ms before each.
