@@ -230,7 +230,7 @@ impl ClaudeProcess {
                 Ok(None) => return Err(self.exited_during_start().await),
                 Err(e) => return Err(StartError::Io(e)),
             };
-            match protocol::parse_line(&String::from_utf8_lossy(&line)) {
+            match protocol::parse_line(&line_text(&line)) {
                 Ok(OutLine::ControlResponse(c))
                     if c.response.request_id.as_deref() == Some(&id) =>
                 {
@@ -372,7 +372,7 @@ impl ClaudeProcess {
                     return Err(TurnError::Io(e));
                 }
             };
-            let parsed = match protocol::parse_line(&String::from_utf8_lossy(&line)) {
+            let parsed = match protocol::parse_line(&line_text(&line)) {
                 Ok(parsed) => parsed,
                 Err(e) => {
                     tracing::debug!(error = %e, bytes = line.len(), "skipping an unparsable line");
@@ -561,6 +561,15 @@ impl AgentProcess for ClaudeProcess {
     }
 }
 
+/// A line of output as text: borrowed when it is UTF-8 (always, from the
+/// CLI; the check is the fast one), else with the bad bytes replaced.
+fn line_text(line: &[u8]) -> std::borrow::Cow<'_, str> {
+    std::str::from_utf8(line).map_or_else(
+        |_| String::from_utf8_lossy(line),
+        std::borrow::Cow::Borrowed,
+    )
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -574,6 +583,15 @@ mod tests {
             .get_args()
             .map(|a| a.to_string_lossy().into_owned())
             .collect()
+    }
+
+    #[test]
+    fn output_lines_are_read_as_text_in_place_and_bad_bytes_are_replaced() {
+        assert!(matches!(
+            line_text(br#"{"type":"result"}"#),
+            std::borrow::Cow::Borrowed(r#"{"type":"result"}"#)
+        ));
+        assert_eq!(line_text(b"a\xffb"), "a\u{fffd}b");
     }
 
     #[test]
