@@ -37,6 +37,11 @@ enum Cmd {
         /// phase 8.
         #[arg(long, conflicts_with_all = ["only_cpu", "only_pool"])]
         only_ack: bool,
+        /// Agent slots per worker (default: 4 per core). Phase 6 runs one
+        /// closed loop per slot that stays warm (slots minus the fresh
+        /// slots kept ready), on both sides alike.
+        #[arg(long, value_parser = clap::value_parser!(u32).range(1..=256))]
+        slots: Option<u32>,
         /// Where switchboard, stand-in-agent and switchboard-bench are
         /// (default: next to this program).
         #[arg(long)]
@@ -67,6 +72,7 @@ async fn main() -> anyhow::Result<()> {
             only_cpu,
             only_pool,
             only_ack,
+            slots,
             bin_dir,
             out,
         } => {
@@ -89,6 +95,16 @@ async fn main() -> anyhow::Result<()> {
             opts.only_cpu = only_cpu;
             opts.only_pool = only_pool;
             opts.only_ack = only_ack;
+            if let Some(slots) = slots {
+                if slots <= opts.min_fresh {
+                    anyhow::bail!(
+                        "--slots {slots}: needs more than the {} fresh slots kept ready, \
+                         or no conversation stays warm",
+                        opts.min_fresh
+                    );
+                }
+                opts.slots = slots;
+            }
             if no_cpu || only_pool || only_ack {
                 opts.cpu_small = 0;
             }

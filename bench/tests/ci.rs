@@ -21,17 +21,23 @@ fn bin_dir() -> PathBuf {
     dir
 }
 
+/// `switchboard-bench all --quick --slots <slots> --out <out>`, plus `extra`.
+fn quick_run(slots: &str, out: &Path, extra: &[&std::ffi::OsStr]) -> std::process::Output {
+    Command::new(env!("CARGO_BIN_EXE_switchboard-bench"))
+        .args(["all", "--quick", "--slots", slots, "--out"])
+        .arg(out)
+        .args(extra)
+        .output()
+        .expect("run switchboard-bench")
+}
+
 #[test]
 fn every_phase_runs_and_writes_its_results() {
     let out_dir = tempfile::tempdir().expect("tempdir");
     let out = out_dir.path().join("results.json");
-    let output = Command::new(env!("CARGO_BIN_EXE_switchboard-bench"))
-        .args(["all", "--quick", "--bin-dir"])
-        .arg(bin_dir())
-        .arg("--out")
-        .arg(&out)
-        .output()
-        .expect("run switchboard-bench");
+    let bins = bin_dir();
+    // One slot more than the quick default (3), to check it is passed on.
+    let output = quick_run("4", &out, &["--bin-dir".as_ref(), bins.as_os_str()]);
     let stdout = String::from_utf8_lossy(&output.stdout);
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert!(
@@ -58,4 +64,25 @@ fn every_phase_runs_and_writes_its_results() {
     }
     let rows = results["table"].as_array().expect("table rows");
     assert!(rows.len() >= 15, "only {} rows", rows.len());
+    // Phase 6 runs a loop per warm slot: 4 slots less the 1 kept fresh.
+    assert_eq!(results["opts"]["slots"], 4, "--slots not applied");
+    assert_eq!(
+        results["phases"]["6 e2e"]["lanes"], 3,
+        "lanes not from --slots"
+    );
+}
+
+#[test]
+fn a_pool_with_no_warm_slot_is_refused_before_anything_starts() {
+    let out_dir = tempfile::tempdir().expect("tempdir");
+    let out = out_dir.path().join("results.json");
+    // The quick run keeps 1 slot fresh: 1 slot leaves none to stay warm.
+    let output = quick_run("1", &out, &[]);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(!output.status.success(), "accepted --slots 1:\n{stderr}");
+    assert!(
+        stderr.contains("--slots 1: needs more than the 1 fresh slots"),
+        "unclear error:\n{stderr}"
+    );
+    assert!(!out.exists(), "a results file was written");
 }
