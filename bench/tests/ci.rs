@@ -64,6 +64,18 @@ fn every_phase_runs_and_writes_its_results() {
     }
     let rows = results["table"].as_array().expect("table rows");
     assert!(rows.len() >= 15, "only {} rows", rows.len());
+    // After each serve round the bench waits for its workers to answer
+    // everything, so that work does not run during the next side's round.
+    let drains = results["phases"]["1-2 ack"]["serve_drains"]
+        .as_array()
+        .expect("serve drains");
+    assert_eq!(drains.len(), 2, "one drain per serve round: {drains:?}");
+    assert!(
+        drains
+            .iter()
+            .all(|d| d["drain"].as_str().is_some_and(|s| s.starts_with("in "))),
+        "a serve round did not drain: {drains:?}"
+    );
     // Phase 6 runs a loop per warm slot: 4 slots less the 1 kept fresh.
     assert_eq!(results["opts"]["slots"], 4, "--slots not applied");
     assert_eq!(

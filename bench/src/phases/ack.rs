@@ -176,6 +176,7 @@ pub async fn ack(ctx: &Ctx) -> anyhow::Result<PhaseOut> {
         closed_loop(&ctx.http, url, warm, 8, ctx.opts.max_loop).await;
     }
     let (mut sv, mut gw, mut rf) = (Series::default(), Series::default(), Series::default());
+    let mut drains = Vec::new();
     for r in 0..ctx.opts.rounds {
         // Rotate who goes first, so drift over time hits all alike.
         for i in 0..sides.len() {
@@ -197,6 +198,13 @@ pub async fn ack(ctx: &Ctx) -> anyhow::Result<PhaseOut> {
                 c.planned
             );
             series.push(r, &runs, cpu_us);
+            if *side == Side::Serve {
+                // Its workers answer the round's events for a while after
+                // the acks: not during the next side's round.
+                let drain = wait_drained(&ctx.main, DRAIN_MAX).await;
+                log!("  round {r} serve drained {drain}");
+                drains.push(json!({"round": r, "drain": drain.to_string()}));
+            }
         }
     }
     let commandstats = alone.redis.commandstats().await;
@@ -276,6 +284,7 @@ pub async fn ack(ctx: &Ctx) -> anyhow::Result<PhaseOut> {
     Ok(PhaseOut {
         rows,
         raw: json!({"serve": sv.raw, "gateway": gw.raw, "reference": rf.raw,
+            "serve_drains": drains,
             "gateway_redis_commandstats": crate::procs::commandstats_json(&commandstats)}),
     })
 }
@@ -389,6 +398,53 @@ async fn fill_backlog(stack: &crate::stack::Stack, n: usize) -> anyhow::Result<(
         tokio::time::timeout(Duration::from_secs(300), task).await???;
     }
     Ok(())
+}
+
+/// The longest wait for the serve stack to answer a round's events.
+const DRAIN_MAX: Duration = Duration::from_secs(60);
+
+/// How waiting for a stack to answer what it acknowledged ended.
+enum Drain {
+    /// Nothing waiting, leased or in the outbox after this long.
+    Done(Duration),
+    /// Still busy when the wait gave up; the next round runs beside it.
+    TimedOut(Duration),
+}
+
+impl std::fmt::Display for Drain {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Drain::Done(took) => write!(f, "in {:.1} s", took.as_secs_f64()),
+            Drain::TimedOut(max) => write!(f, "NOT within {:.0} s", max.as_secs_f64()),
+        }
+    }
+}
+
+/// Wait until `stack` has answered everything it queued: no conversation
+/// waiting or under a lease, and its outbox empty (egress deletes what it
+/// delivered). Up to `max`.
+async fn wait_drained(stack: &crate::stack::Stack, max: Duration) -> Drain {
+    let started = std::time::Instant::now();
+    let outbox = stack.queue.keys().shard(0).outbox();
+    let drained = crate::procs::wait_for("the serve stack to drain", max, || async {
+        let Ok(depth) = stack.queue.depth().await else {
+            return false;
+        };
+        let Ok(mut conn) = stack.queue.connection().await else {
+            return false;
+        };
+        let outboxed: i64 = redis::cmd("XLEN")
+            .arg(&outbox)
+            .query_async(&mut *conn)
+            .await
+            .unwrap_or(-1);
+        depth.waiting() + depth.leased == 0 && outboxed == 0
+    })
+    .await;
+    match drained {
+        Ok(()) => Drain::Done(started.elapsed()),
+        Err(_) => Drain::TimedOut(max),
+    }
 }
 
 /// Conversations waiting in the shared ready queue.
