@@ -181,8 +181,11 @@ impl SlackIntake {
                 .await
                 .map_err(unavailable)?;
             if let Some(refusal) = check.refusal(&admitted) {
-                admission
-                    .refuse(&candidate, refusal)
+                // Boxed, as every rare step here: the futures of admission's
+                // steps are several KB each (a pooled connection's), and
+                // held inline they would make this one, which is boxed and
+                // so copied for every event, as large.
+                Box::pin(admission.refuse(&candidate, refusal))
                     .await
                     .map_err(unavailable)?;
                 return Ok(IntakeOutcome::Refused(refusal));
@@ -194,42 +197,10 @@ impl SlackIntake {
             };
             return Ok(self.after_enqueue(&candidate, enqueued).await);
         }
-        if let Some(admission) = &self.admission {
-            // A retry of a message already queued is not a new request.
-            let (seen, waiting) = self
-                .queue
-                .seen_and_waiting(&candidate.message)
-                .await
-                .map_err(unavailable)?;
-            if seen {
-                return Ok(IntakeOutcome::Duplicate);
-            }
-            // A thread reply outside a conversation of ours is not for us:
-            // say nothing about it, whatever the policy.
-            let ours = !candidate.needs_existing_conversation
-                || self
-                    .queue
-                    .conversation_exists(&candidate.message.conversation)
-                    .await
-                    .map_err(unavailable)?;
-            if ours
-                && let Some(refusal) = admission
-                    .check(&candidate, waiting)
-                    .await
-                    .map_err(unavailable)?
-            {
-                // As the admit script does: a retry of a refused message is
-                // a duplicate, so its sender is told once.
-                self.queue
-                    .mark_seen(&candidate.message)
-                    .await
-                    .map_err(unavailable)?;
-                admission
-                    .refuse(&candidate, refusal)
-                    .await
-                    .map_err(unavailable)?;
-                return Ok(IntakeOutcome::Refused(refusal));
-            }
+        if let Some(admission) = &self.admission
+            && let Some(outcome) = Box::pin(self.admit_step_by_step(admission, &candidate)).await?
+        {
+            return Ok(outcome);
         }
         let enqueued = self
             .queue
@@ -242,6 +213,54 @@ impl SlackIntake {
             .await
             .map_err(unavailable)?;
         Ok(self.after_enqueue(&candidate, enqueued).await)
+    }
+
+    /// Admission without the one-script path (another shard than the
+    /// limits, a bot's message): each check a call of its own. `Some` when
+    /// the message goes no further (a duplicate or refused), `None` when it
+    /// is to be queued.
+    async fn admit_step_by_step(
+        &self,
+        admission: &Admission,
+        candidate: &Candidate,
+    ) -> Result<Option<IntakeOutcome>, IntakeError> {
+        let unavailable = |e: crate::queue::QueueError| IntakeError::Unavailable(e.to_string());
+        // A retry of a message already queued is not a new request.
+        let (seen, waiting) = self
+            .queue
+            .seen_and_waiting(&candidate.message)
+            .await
+            .map_err(unavailable)?;
+        if seen {
+            return Ok(Some(IntakeOutcome::Duplicate));
+        }
+        // A thread reply outside a conversation of ours is not for us:
+        // say nothing about it, whatever the policy.
+        let ours = !candidate.needs_existing_conversation
+            || self
+                .queue
+                .conversation_exists(&candidate.message.conversation)
+                .await
+                .map_err(unavailable)?;
+        if ours
+            && let Some(refusal) = admission
+                .check(candidate, waiting)
+                .await
+                .map_err(unavailable)?
+        {
+            // As the admit script does: a retry of a refused message is
+            // a duplicate, so its sender is told once.
+            self.queue
+                .mark_seen(&candidate.message)
+                .await
+                .map_err(unavailable)?;
+            admission
+                .refuse(candidate, refusal)
+                .await
+                .map_err(unavailable)?;
+            return Ok(Some(IntakeOutcome::Refused(refusal)));
+        }
+        Ok(None)
     }
 
     fn mode(&self, candidate: &Candidate) -> EnqueueMode {
@@ -262,8 +281,11 @@ impl SlackIntake {
                     kind = candidate.kind.as_str(),
                     "slack message queued"
                 );
+                // Only when others wait first (tell_position checks it too):
+                // its boxed future is not made for every message.
                 if let Some(admission) = &self.admission
-                    && let Err(e) = admission.tell_position(candidate, ahead).await
+                    && ahead.is_some_and(|n| n > 0)
+                    && let Err(e) = Box::pin(admission.tell_position(candidate, ahead)).await
                 {
                     // The message is queued; only the courtesy notice is lost.
                     tracing::warn!(error = %e, "could not tell the sender their place in line");
