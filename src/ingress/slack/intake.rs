@@ -164,7 +164,6 @@ impl SlackIntake {
     }
 
     async fn admit_and_enqueue(&self, candidate: Candidate) -> Result<IntakeOutcome, IntakeError> {
-        let unavailable = |e: crate::queue::QueueError| IntakeError::Unavailable(e.to_string());
         if let Some(admission) = &self.admission
             && let Some(check) = admission.script_check(&candidate)
         {
@@ -224,7 +223,6 @@ impl SlackIntake {
         admission: &Admission,
         candidate: &Candidate,
     ) -> Result<Option<IntakeOutcome>, IntakeError> {
-        let unavailable = |e: crate::queue::QueueError| IntakeError::Unavailable(e.to_string());
         // A retry of a message already queued is not a new request.
         let (seen, waiting) = self
             .queue
@@ -297,6 +295,11 @@ impl SlackIntake {
             Enqueued::NoConversation => IntakeOutcome::NotInConversation,
         }
     }
+}
+
+/// Redis trouble while taking an event: Slack should retry.
+fn unavailable(e: crate::queue::QueueError) -> IntakeError {
+    IntakeError::Unavailable(e.to_string())
 }
 
 fn now_ms() -> u64 {
