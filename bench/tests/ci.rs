@@ -98,3 +98,40 @@ fn a_pool_with_no_warm_slot_is_refused_before_anything_starts() {
     );
     assert!(!out.exists(), "a results file was written");
 }
+
+/// `bench/lua-costs` (a diagnostic for docs/performance.md) still runs the
+/// queue's admit script with the arguments it builds by hand: a change to
+/// the script's arguments makes its calls fail, and it exits non-zero.
+#[test]
+fn the_lua_costs_diagnostic_runs_the_admit_script() {
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("lua-costs");
+    let output = Command::new("bash")
+        .arg(&script)
+        .arg("64")
+        .output()
+        .expect("run bench/lua-costs");
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        output.status.success(),
+        "bench/lua-costs failed:\n{stdout}\n{stderr}"
+    );
+    for part in [
+        "+ enqueue (the whole script)",
+        "16 per call",
+        "SET ",
+        "TIME ",
+    ] {
+        let line = stdout
+            .lines()
+            .find(|l| l.contains(part))
+            .unwrap_or_else(|| panic!("no {part:?} line:\n{stdout}"));
+        // Every figure measured, none missing (a missing one prints 0).
+        let numbers: Vec<f64> = line
+            .split_whitespace()
+            .filter_map(|w| w.parse().ok())
+            .collect();
+        assert!(numbers.len() >= 2, "figures missing in {line:?}");
+        assert!(numbers.iter().all(|n| *n > 0.0), "{line:?}");
+    }
+}
