@@ -10,6 +10,8 @@ as_root() { if [ "$(id -u)" -eq 0 ]; then "$@"; else sudo "$@"; fi; }
 
 missing=()
 command -v redis-server >/dev/null || missing+=(redis-server)
+# bench/lua-costs (run by the bench's CI test) drives Redis with redis-benchmark.
+command -v redis-benchmark >/dev/null || missing+=(redis-tools)
 # The email tests start their own Dovecot (IMAP + LMTP) and Exim (SMTP).
 command -v dovecot >/dev/null || missing+=(dovecot-imapd)
 [ -x /usr/lib/dovecot/lmtp ] || missing+=(dovecot-lmtpd)
