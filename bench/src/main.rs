@@ -108,13 +108,40 @@ async fn main() -> anyhow::Result<()> {
             if no_cpu || only_pool || only_ack {
                 opts.cpu_small = 0;
             }
-            let outcome = switchboard_bench::run(opts).await?;
+            // Stopped by a signal, the run is dropped: each process it
+            // started is stopped by its guard before this one exits.
+            let stop = stop_requested();
+            let outcome = tokio::select! {
+                outcome = switchboard_bench::run(opts) => outcome?,
+                signal = stop => {
+                    anyhow::bail!("{signal}: stopped the run and every process it started")
+                }
+            };
             println!("{}", outcome.table);
             println!("raw results: {}", outcome.results.display());
             if !outcome.failed.is_empty() {
                 anyhow::bail!("{} phase(s) failed", outcome.failed.len());
             }
             Ok(())
+        }
+    }
+}
+
+/// SIGTERM or SIGINT: which one came. Never, if they cannot be watched.
+/// Both are watched from this call on, before the returned future runs.
+fn stop_requested() -> impl std::future::Future<Output = &'static str> {
+    use tokio::signal::unix::{SignalKind, signal};
+    let signals = (
+        signal(SignalKind::terminate()),
+        signal(SignalKind::interrupt()),
+    );
+    async move {
+        let (Ok(mut term), Ok(mut int)) = signals else {
+            return std::future::pending().await;
+        };
+        tokio::select! {
+            _ = term.recv() => "SIGTERM",
+            _ = int.recv() => "SIGINT",
         }
     }
 }

@@ -135,3 +135,127 @@ fn the_lua_costs_diagnostic_runs_the_admit_script() {
         assert!(numbers.iter().all(|n| *n > 0.0), "{line:?}");
     }
 }
+
+/// Processes whose parent is `pid`, and theirs, from /proc.
+fn descendants(pid: u32) -> Vec<(u32, String)> {
+    let mut parents = std::collections::HashMap::<u32, Vec<(u32, String)>>::new();
+    for entry in std::fs::read_dir("/proc").expect("read /proc").flatten() {
+        let Some(child) = entry
+            .file_name()
+            .to_str()
+            .and_then(|n| n.parse::<u32>().ok())
+        else {
+            continue;
+        };
+        let Ok(stat) = std::fs::read_to_string(entry.path().join("stat")) else {
+            continue;
+        };
+        // "pid (comm) state ppid ...": comm may hold spaces and parentheses.
+        let (Some(open), Some(close)) = (stat.find('('), stat.rfind(')')) else {
+            continue;
+        };
+        let comm = stat[open + 1..close].to_string();
+        let ppid = stat[close + 1..].split_whitespace().nth(1);
+        if let Some(ppid) = ppid.and_then(|p| p.parse::<u32>().ok()) {
+            parents.entry(ppid).or_default().push((child, comm));
+        }
+    }
+    let mut out = Vec::new();
+    let mut todo = vec![pid];
+    while let Some(p) = todo.pop() {
+        for (child, comm) in parents.get(&p).into_iter().flatten() {
+            todo.push(*child);
+            out.push((*child, comm.clone()));
+        }
+    }
+    out
+}
+
+/// Stopped with SIGTERM mid-run (a CI timeout, `kill`), the bench stops
+/// the redis-servers and Switchboard stacks it started before it exits.
+#[test]
+fn a_stopped_run_leaves_no_process_behind() {
+    let out_dir = tempfile::tempdir().expect("tempdir");
+    let bins = bin_dir();
+    let mut bench = Command::new(env!("CARGO_BIN_EXE_switchboard-bench"))
+        .args(["all", "--quick", "--no-cpu", "--bin-dir"])
+        .arg(&bins)
+        .arg("--out")
+        .arg(out_dir.path().join("results.json"))
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("start switchboard-bench");
+    let pid = bench.id();
+    // Its stderr, read aside: a process it leaves behind may hold the pipe
+    // open, so reading to the end here could wait forever.
+    let mut pipe = bench.stderr.take().expect("stderr piped");
+    let (tx, stderr_rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let mut text = String::new();
+        let _ = std::io::Read::read_to_string(&mut pipe, &mut text);
+        let _ = tx.send(text);
+    });
+    // Wait until it runs a stack: its Redis and `switchboard serve`.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(120);
+    let started = loop {
+        let running = descendants(pid);
+        let has = |name: &str| running.iter().any(|(_, comm)| comm == name);
+        if has("redis-server") && has("switchboard") {
+            break running;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no stack started within 120 s: {running:?}"
+        );
+        assert!(
+            bench.try_wait().expect("try_wait").is_none(),
+            "the bench exited before starting a stack"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    };
+    // SAFETY: signalling our own child by its pid; it is not reaped yet.
+    unsafe { libc::kill(pid as libc::pid_t, libc::SIGTERM) };
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    let status = loop {
+        if let Some(status) = bench.try_wait().expect("try_wait") {
+            break status;
+        }
+        if std::time::Instant::now() > deadline {
+            let _ = bench.kill();
+            break bench.wait().expect("wait for the bench");
+        }
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    };
+    // Grandchildren (the worker's agents) may take a moment to go after
+    // their parents: wait for that, with a deadline.
+    let still_running = || -> Vec<(u32, String)> {
+        started
+            .iter()
+            .filter(|(p, comm)| {
+                std::fs::read_to_string(format!("/proc/{p}/stat"))
+                    .is_ok_and(|stat| stat.contains(&format!("({comm})")) && !stat.contains(") Z "))
+            })
+            .cloned()
+            .collect()
+    };
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(15);
+    let mut left = still_running();
+    while !left.is_empty() && std::time::Instant::now() < deadline {
+        std::thread::sleep(std::time::Duration::from_millis(50));
+        left = still_running();
+    }
+    for (p, _) in &left {
+        // SAFETY: a process this test's child started, left running: end it.
+        unsafe { libc::kill(*p as libc::pid_t, libc::SIGKILL) };
+    }
+    let stderr = stderr_rx
+        .recv_timeout(std::time::Duration::from_secs(10))
+        .unwrap_or_default();
+    assert!(left.is_empty(), "left running: {left:?}\n{stderr}");
+    assert!(!status.success(), "a stopped run reported success");
+    assert!(
+        stderr.contains("SIGTERM: stopped the run"),
+        "no word of the stop:\n{stderr}"
+    );
+}
