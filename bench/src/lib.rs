@@ -67,7 +67,14 @@ pub async fn run(opts: Opts) -> anyhow::Result<Outcome> {
     let tmp = tempfile::Builder::new()
         .prefix("switchboard-bench")
         .tempdir()?;
-    let dir = std::path::absolute(tmp.path())?;
+    // With --keep-dir it is kept from the start, so a run that fails or is
+    // stopped part way keeps its logs too; else it goes when `_tmp` drops.
+    let (dir, _tmp) = if opts.keep_dir {
+        (tmp.keep(), None)
+    } else {
+        (tmp.path().to_path_buf(), Some(tmp))
+    };
+    let dir = std::path::absolute(dir)?;
     let stub = SlackStub::start().await?;
     let spec = StackSpec::serve("main", opts.slots, opts.min_fresh);
     let main = Stack::start(&bins, &dir, spec, &stub.base_url()).await?;
@@ -75,7 +82,6 @@ pub async fn run(opts: Opts) -> anyhow::Result<Outcome> {
     if opts.keep_dir {
         log!("keeping the run's files in {}", dir.display());
     }
-    let keep = opts.keep_dir;
     let ctx = Ctx {
         opts,
         bins,
@@ -124,9 +130,6 @@ pub async fn run(opts: Opts) -> anyhow::Result<Outcome> {
     let table = report::table(&rows);
     let results = write_results(&ctx.opts, &rows, raw, started)?;
     ctx.main.stop();
-    if keep {
-        let _kept = tmp.keep();
-    }
     Ok(Outcome {
         rows,
         table,

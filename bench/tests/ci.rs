@@ -100,14 +100,15 @@ fn a_pool_with_no_warm_slot_is_refused_before_anything_starts() {
 }
 
 /// `bench/lua-costs` (a diagnostic for docs/performance.md) still runs the
-/// queue's admit script with the arguments it builds by hand: a change to
-/// the script's arguments makes its calls fail, and it exits non-zero.
+/// queue's admit script with the arguments it builds by hand: after a
+/// change to the script's arguments its check call gets an error or a
+/// reply other than `queued ...`, and it exits non-zero.
 #[test]
 fn the_lua_costs_diagnostic_runs_the_admit_script() {
     let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("lua-costs");
     let output = Command::new("bash")
         .arg(&script)
-        .arg("64")
+        .arg("320")
         .output()
         .expect("run bench/lua-costs");
     let stdout = String::from_utf8_lossy(&output.stdout);
@@ -171,87 +172,126 @@ fn descendants(pid: u32) -> Vec<(u32, String)> {
     out
 }
 
-/// Stopped with SIGTERM mid-run (a CI timeout, `kill`), the bench stops
-/// the redis-servers and Switchboard stacks it started before it exits.
+/// A bench run that the test stops, if it has not: SIGTERM, then SIGKILL.
+struct Stoppable(std::process::Child);
+
+impl Drop for Stoppable {
+    fn drop(&mut self) {
+        if !matches!(self.0.try_wait(), Ok(None)) {
+            return;
+        }
+        // SAFETY: signalling our own child by its pid; it is not reaped yet.
+        unsafe { libc::kill(self.0.id() as libc::pid_t, libc::SIGTERM) };
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+        while std::time::Instant::now() < deadline {
+            if !matches!(self.0.try_wait(), Ok(None)) {
+                return;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(50));
+        }
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// Which of `started` still run (zombies count as gone).
+fn still_running(started: &[(u32, String)]) -> Vec<(u32, String)> {
+    started
+        .iter()
+        .filter(|(p, comm)| {
+            std::fs::read_to_string(format!("/proc/{p}/stat"))
+                .is_ok_and(|stat| stat.contains(&format!("({comm})")) && !stat.contains(") Z "))
+        })
+        .cloned()
+        .collect()
+}
+
+/// Stopped with SIGTERM mid-phase (a CI timeout, `kill`), the bench stops
+/// the redis-servers, Switchboard stacks and reference server it started
+/// before it exits.
 #[test]
 fn a_stopped_run_leaves_no_process_behind() {
     let out_dir = tempfile::tempdir().expect("tempdir");
     let bins = bin_dir();
-    let mut bench = Command::new(env!("CARGO_BIN_EXE_switchboard-bench"))
-        .args(["all", "--quick", "--no-cpu", "--bin-dir"])
-        .arg(&bins)
-        .arg("--out")
-        .arg(out_dir.path().join("results.json"))
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .expect("start switchboard-bench");
-    let pid = bench.id();
-    // Its stderr, read aside: a process it leaves behind may hold the pipe
-    // open, so reading to the end here could wait forever.
-    let mut pipe = bench.stderr.take().expect("stderr piped");
-    let (tx, stderr_rx) = std::sync::mpsc::channel();
+    let mut bench = Stoppable(
+        Command::new(env!("CARGO_BIN_EXE_switchboard-bench"))
+            .args(["all", "--quick", "--no-cpu", "--bin-dir"])
+            .arg(&bins)
+            .arg("--out")
+            .arg(out_dir.path().join("results.json"))
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .expect("start switchboard-bench"),
+    );
+    let pid = bench.0.id();
+    // Its stderr, line by line, read aside: a process it leaves behind may
+    // hold the pipe open, so reading to the end here could wait forever.
+    let pipe = bench.0.stderr.take().expect("stderr piped");
+    let (tx, lines) = std::sync::mpsc::channel::<String>();
     std::thread::spawn(move || {
-        let mut text = String::new();
-        let _ = std::io::Read::read_to_string(&mut pipe, &mut text);
-        let _ = tx.send(text);
+        for line in std::io::BufRead::lines(std::io::BufReader::new(pipe)) {
+            let Ok(line) = line else { break };
+            if tx.send(line).is_err() {
+                break;
+            }
+        }
     });
-    // Wait until it runs a stack: its Redis and `switchboard serve`.
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(120);
+    let mut stderr = String::new();
+    // Wait until phases 1-2 run their reference server (`switchboard-bench
+    // reference`, beside the main stack's Redis and `switchboard serve`).
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(180);
+    let mut in_phase = false;
     let started = loop {
+        while let Ok(line) = lines.try_recv() {
+            in_phase |= line.starts_with("phases 1-2");
+            stderr.push_str(&line);
+            stderr.push('\n');
+        }
         let running = descendants(pid);
         let has = |name: &str| running.iter().any(|(_, comm)| comm == name);
-        if has("redis-server") && has("switchboard") {
+        if in_phase && has("redis-server") && has("switchboard") && has("switchboard-ben") {
             break running;
         }
         assert!(
             std::time::Instant::now() < deadline,
-            "no stack started within 120 s: {running:?}"
+            "phases 1-2 did not start within 180 s: {running:?}\n{stderr}"
         );
         assert!(
-            bench.try_wait().expect("try_wait").is_none(),
-            "the bench exited before starting a stack"
+            matches!(bench.0.try_wait(), Ok(None)),
+            "the bench exited before phases 1-2:\n{stderr}"
         );
-        std::thread::sleep(std::time::Duration::from_millis(50));
+        std::thread::sleep(std::time::Duration::from_millis(20));
     };
     // SAFETY: signalling our own child by its pid; it is not reaped yet.
     unsafe { libc::kill(pid as libc::pid_t, libc::SIGTERM) };
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
     let status = loop {
-        if let Some(status) = bench.try_wait().expect("try_wait") {
-            break status;
+        if let Some(status) = bench.0.try_wait().expect("try_wait") {
+            break Some(status);
         }
         if std::time::Instant::now() > deadline {
-            let _ = bench.kill();
-            break bench.wait().expect("wait for the bench");
+            break None;
         }
         std::thread::sleep(std::time::Duration::from_millis(50));
     };
     // Grandchildren (the worker's agents) may take a moment to go after
-    // their parents: wait for that, with a deadline.
-    let still_running = || -> Vec<(u32, String)> {
-        started
-            .iter()
-            .filter(|(p, comm)| {
-                std::fs::read_to_string(format!("/proc/{p}/stat"))
-                    .is_ok_and(|stat| stat.contains(&format!("({comm})")) && !stat.contains(") Z "))
-            })
-            .cloned()
-            .collect()
-    };
+    // their parents: wait for that too, with a deadline.
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(15);
-    let mut left = still_running();
+    let mut left = still_running(&started);
     while !left.is_empty() && std::time::Instant::now() < deadline {
         std::thread::sleep(std::time::Duration::from_millis(50));
-        left = still_running();
+        left = still_running(&started);
     }
     for (p, _) in &left {
         // SAFETY: a process this test's child started, left running: end it.
         unsafe { libc::kill(*p as libc::pid_t, libc::SIGKILL) };
     }
-    let stderr = stderr_rx
-        .recv_timeout(std::time::Duration::from_secs(10))
-        .unwrap_or_default();
+    while let Ok(line) = lines.recv_timeout(std::time::Duration::from_secs(2)) {
+        stderr.push_str(&line);
+        stderr.push('\n');
+    }
+    let status = status.unwrap_or_else(|| panic!("still running 60 s after SIGTERM:\n{stderr}"));
     assert!(left.is_empty(), "left running: {left:?}\n{stderr}");
     assert!(!status.success(), "a stopped run reported success");
     assert!(
