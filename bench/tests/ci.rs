@@ -172,6 +172,20 @@ fn descendants(pid: u32) -> Vec<(u32, String)> {
     out
 }
 
+/// Call `done` every 50 ms until it holds or `timeout` passes; whether it held.
+fn poll_until(timeout: std::time::Duration, mut done: impl FnMut() -> bool) -> bool {
+    let deadline = std::time::Instant::now() + timeout;
+    loop {
+        if done() {
+            return true;
+        }
+        if std::time::Instant::now() >= deadline {
+            return false;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+}
+
 /// A bench run that the test stops, if it has not: SIGTERM, then SIGKILL.
 struct Stoppable(std::process::Child);
 
@@ -182,12 +196,10 @@ impl Drop for Stoppable {
         }
         // SAFETY: signalling our own child by its pid; it is not reaped yet.
         unsafe { libc::kill(self.0.id() as libc::pid_t, libc::SIGTERM) };
-        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
-        while std::time::Instant::now() < deadline {
-            if !matches!(self.0.try_wait(), Ok(None)) {
-                return;
-            }
-            std::thread::sleep(std::time::Duration::from_millis(50));
+        if poll_until(std::time::Duration::from_secs(30), || {
+            !matches!(self.0.try_wait(), Ok(None))
+        }) {
+            return;
         }
         let _ = self.0.kill();
         let _ = self.0.wait();
@@ -265,24 +277,18 @@ fn a_stopped_run_leaves_no_process_behind() {
     };
     // SAFETY: signalling our own child by its pid; it is not reaped yet.
     unsafe { libc::kill(pid as libc::pid_t, libc::SIGTERM) };
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
-    let status = loop {
-        if let Some(status) = bench.0.try_wait().expect("try_wait") {
-            break Some(status);
-        }
-        if std::time::Instant::now() > deadline {
-            break None;
-        }
-        std::thread::sleep(std::time::Duration::from_millis(50));
-    };
+    let mut status = None;
+    poll_until(std::time::Duration::from_secs(60), || {
+        status = bench.0.try_wait().expect("try_wait");
+        status.is_some()
+    });
     // Grandchildren (the worker's agents) may take a moment to go after
     // their parents: wait for that too, with a deadline.
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(15);
-    let mut left = still_running(&started);
-    while !left.is_empty() && std::time::Instant::now() < deadline {
-        std::thread::sleep(std::time::Duration::from_millis(50));
+    let mut left = Vec::new();
+    poll_until(std::time::Duration::from_secs(15), || {
         left = still_running(&started);
-    }
+        left.is_empty()
+    });
     for (p, _) in &left {
         // SAFETY: a process this test's child started, left running: end it.
         unsafe { libc::kill(*p as libc::pid_t, libc::SIGKILL) };
