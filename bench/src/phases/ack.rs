@@ -10,7 +10,7 @@ use switchboard::queue::EnqueueMode;
 
 use crate::events::{Event, Signer};
 use crate::load::{LoadResult, closed_loop, open_loop};
-use crate::procs::cpu_seconds;
+use crate::procs::{cpu_seconds, machine_busy_seconds};
 use crate::report::{PhaseOut, Row, num};
 use crate::stats::{median, ratio_median};
 use crate::{Ctx, log};
@@ -66,15 +66,20 @@ struct Series {
     p50_1000: Vec<f64>,
     p99_1000: Vec<f64>,
     sat: Vec<f64>,
-    /// CPU µs per event while saturated: the server process, its Redis.
-    sat_cpu_us: [Vec<f64>; 2],
+    /// CPU µs per event while saturated: the server process, its Redis,
+    /// the whole machine.
+    sat_cpu_us: [Vec<f64>; 3],
+    /// Cores busy while saturated.
+    sat_cores: Vec<f64>,
     raw: Vec<serde_json::Value>,
 }
 
 impl Series {
-    fn push(&mut self, round: usize, [a, b, c]: &[LoadResult; 3], cpu_us: [f64; 2]) {
-        self.sat_cpu_us[0].push(cpu_us[0]);
-        self.sat_cpu_us[1].push(cpu_us[1]);
+    fn push(&mut self, round: usize, [a, b, c]: &[LoadResult; 3], cpu: SatCpu) {
+        for (series, us) in self.sat_cpu_us.iter_mut().zip(cpu.us) {
+            series.push(us);
+        }
+        self.sat_cores.push(cpu.cores);
         self.p50_100.push(a.latency_ms.p50);
         self.p99_100.push(a.latency_ms.p99);
         self.p50_1000.push(b.latency_ms.p50);
@@ -89,7 +94,9 @@ impl Series {
         };
         self.raw.push(
             json!({"round": round, "at_100": a, "at_1000": b, "saturated": c,
-            "saturated_cpu_us_per_event": {"server": cpu_us[0], "redis": cpu_us[1]},
+            "saturated_cpu_us_per_event": {"server": cpu.us[0], "redis": cpu.us[1],
+                "machine": cpu.us[2]},
+            "saturated_cores_busy": cpu.cores,
             "latencies_100_ms": lat(a), "latencies_1000_ms": lat(b)}),
         );
     }
@@ -102,15 +109,23 @@ struct Pids {
     redis: u32,
 }
 
-/// The three runs of a round, and the CPU µs per event the server and its
-/// Redis used in the saturated one.
+/// What the saturated run of a round used: CPU µs per event of the server,
+/// its Redis and the whole machine (the load generator included), and the
+/// cores busy on average (of `nproc`).
+#[derive(Clone, Copy)]
+struct SatCpu {
+    us: [f64; 3],
+    cores: f64,
+}
+
+/// The three runs of a round, and what its saturated run used.
 async fn round(
     ctx: &Ctx,
     signer: &Signer,
     url: &str,
     (side, pids): (Side, Pids),
     tag: &str,
-) -> ([LoadResult; 3], [f64; 2]) {
+) -> ([LoadResult; 3], SatCpu) {
     let o = &ctx.opts;
     let events = |count| match side {
         Side::Gateway => lane_events(ctx, signer, count),
@@ -118,8 +133,15 @@ async fn round(
     };
     let a = open_loop(&ctx.http, url, events(o.n_100), 100.0, o.max_loop).await;
     let b = open_loop(&ctx.http, url, events(o.n_1000), 1000.0, o.max_loop).await;
-    let cpu = || [cpu_seconds(pids.server), cpu_seconds(pids.redis)];
+    let cpu = || {
+        [
+            cpu_seconds(pids.server),
+            cpu_seconds(pids.redis),
+            machine_busy_seconds(),
+        ]
+    };
     let before = cpu();
+    let start = std::time::Instant::now();
     let c = closed_loop(
         &ctx.http,
         url,
@@ -129,9 +151,12 @@ async fn round(
     )
     .await;
     let after = cpu();
+    let elapsed = start.elapsed().as_secs_f64();
     let ok = c.ok.max(1) as f64;
     let per_event = |i: usize| (after[i] - before[i]) * 1e6 / ok;
-    ([a, b, c], [per_event(0), per_event(1)])
+    let cores = (after[2] - before[2]) / elapsed.max(1e-9);
+    let us = [per_event(0), per_event(1), per_event(2)];
+    ([a, b, c], SatCpu { us, cores })
 }
 
 /// Phases 1 and 2: three sides in rotating order each round.
@@ -186,7 +211,7 @@ pub async fn ack(ctx: &Ctx) -> anyhow::Result<PhaseOut> {
                 Side::Gateway => &mut gw,
                 Side::Reference => &mut rf,
             };
-            let (runs, cpu_us) = round(ctx, &signer, url, (*side, *pids), &format!("a{r}")).await;
+            let (runs, cpu) = round(ctx, &signer, url, (*side, *pids), &format!("a{r}")).await;
             let [a, b, c] = &runs;
             log!(
                 "  round {r} {}: p99 @100/s {:.2} ms, p99 @1000/s {:.2} ms, saturated {:.0}/s ({} of {} ok)",
@@ -197,7 +222,7 @@ pub async fn ack(ctx: &Ctx) -> anyhow::Result<PhaseOut> {
                 c.ok,
                 c.planned
             );
-            series.push(r, &runs, cpu_us);
+            series.push(r, &runs, cpu);
             if *side == Side::Serve {
                 // Its workers answer the round's events for a while after
                 // the acks: not during the next side's round.
@@ -256,6 +281,24 @@ pub async fn ack(ctx: &Ctx) -> anyhow::Result<PhaseOut> {
         .reference(us(&rf.sat_cpu_us[1]))
         .ratio(ratio_median(&gw.sat_cpu_us[1], &rf.sat_cpu_us[1]))
         .note("informational"),
+        Row::new(
+            "2",
+            "CPU per saturated ack, whole machine (+ load generator)",
+            us(&gw.sat_cpu_us[2]),
+        )
+        .reference(us(&rf.sat_cpu_us[2]))
+        .ratio(ratio_median(&gw.sat_cpu_us[2], &rf.sat_cpu_us[2]))
+        .note("informational"),
+        Row::new(
+            "2",
+            "cores busy while saturated",
+            num(median(&gw.sat_cores)),
+        )
+        .reference(num(median(&rf.sat_cores)))
+        .note(&format!(
+            "of {}",
+            std::thread::available_parallelism().map_or(0, |n| n.get())
+        )),
         Row::new(
             "2",
             "ack p99 @100/s, serve (+ workers, agents, replies)",
