@@ -247,6 +247,16 @@ pub async fn ack(ctx: &Ctx) -> anyhow::Result<PhaseOut> {
     let us = |v: &[f64]| format!("{} µs", num(median(v)));
     let p99_ratio = ratio_median(&gw.p99_1000, &rf.p99_1000);
     let sat_ratio = ratio_median(&gw.sat, &rf.sat);
+    let cpu_row = |i: usize, what: &str| {
+        Row::new(
+            "2",
+            &format!("CPU per saturated ack, {what}"),
+            us(&gw.sat_cpu_us[i]),
+        )
+        .reference(us(&rf.sat_cpu_us[i]))
+        .ratio(ratio_median(&gw.sat_cpu_us[i], &rf.sat_cpu_us[i]))
+        .note("informational")
+    };
     let rows = vec![
         Row::new("2", "ack p50 @100/s, gateway", ms(&gw.p50_100))
             .reference(ms(&rf.p50_100))
@@ -265,30 +275,9 @@ pub async fn ack(ctx: &Ctx) -> anyhow::Result<PhaseOut> {
             .reference(per_s(&rf.sat))
             .ratio(sat_ratio)
             .goal(">= 0.8x", sat_ratio >= 0.8),
-        Row::new(
-            "2",
-            "CPU per saturated ack, gateway process",
-            us(&gw.sat_cpu_us[0]),
-        )
-        .reference(us(&rf.sat_cpu_us[0]))
-        .ratio(ratio_median(&gw.sat_cpu_us[0], &rf.sat_cpu_us[0]))
-        .note("informational"),
-        Row::new(
-            "2",
-            "CPU per saturated ack, its Redis",
-            us(&gw.sat_cpu_us[1]),
-        )
-        .reference(us(&rf.sat_cpu_us[1]))
-        .ratio(ratio_median(&gw.sat_cpu_us[1], &rf.sat_cpu_us[1]))
-        .note("informational"),
-        Row::new(
-            "2",
-            "CPU per saturated ack, whole machine (+ load generator)",
-            us(&gw.sat_cpu_us[2]),
-        )
-        .reference(us(&rf.sat_cpu_us[2]))
-        .ratio(ratio_median(&gw.sat_cpu_us[2], &rf.sat_cpu_us[2]))
-        .note("informational"),
+        cpu_row(0, "gateway process"),
+        cpu_row(1, "its Redis"),
+        cpu_row(2, "whole machine (+ load generator)"),
         Row::new(
             "2",
             "cores busy while saturated",
