@@ -139,34 +139,12 @@ fn the_lua_costs_diagnostic_runs_the_admit_script() {
 
 /// Processes whose parent is `pid`, and theirs, from /proc.
 fn descendants(pid: u32) -> Vec<(u32, String)> {
-    let mut parents = std::collections::HashMap::<u32, Vec<(u32, String)>>::new();
-    for entry in std::fs::read_dir("/proc").expect("read /proc").flatten() {
-        let Some(child) = entry
-            .file_name()
-            .to_str()
-            .and_then(|n| n.parse::<u32>().ok())
-        else {
-            continue;
-        };
-        let Ok(stat) = std::fs::read_to_string(entry.path().join("stat")) else {
-            continue;
-        };
-        // "pid (comm) state ppid ...": comm may hold spaces and parentheses.
-        let (Some(open), Some(close)) = (stat.find('('), stat.rfind(')')) else {
-            continue;
-        };
-        let comm = stat[open + 1..close].to_string();
-        let ppid = stat[close + 1..].split_whitespace().nth(1);
-        if let Some(ppid) = ppid.and_then(|p| p.parse::<u32>().ok()) {
-            parents.entry(ppid).or_default().push((child, comm));
-        }
-    }
     let mut out = Vec::new();
     let mut todo = vec![pid];
     while let Some(p) = todo.pop() {
-        for (child, comm) in parents.get(&p).into_iter().flatten() {
-            todo.push(*child);
-            out.push((*child, comm.clone()));
+        for (child, comm) in switchboard_bench::procs::children(p) {
+            todo.push(child);
+            out.push((child, comm));
         }
     }
     out
@@ -251,30 +229,27 @@ fn a_stopped_run_leaves_no_process_behind() {
     });
     let mut stderr = String::new();
     // Wait until phases 1-2 run their reference server (`switchboard-bench
-    // reference`, beside the main stack's Redis and `switchboard serve`).
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(180);
+    // reference`, beside the main stack's Redis and `switchboard serve`),
+    // or the bench exits.
     let mut in_phase = false;
-    let started = loop {
+    let mut started = Vec::new();
+    let mut exited = false;
+    let ready = poll_until(std::time::Duration::from_secs(180), || {
         while let Ok(line) = lines.try_recv() {
             in_phase |= line.starts_with("phases 1-2");
             stderr.push_str(&line);
             stderr.push('\n');
         }
-        let running = descendants(pid);
-        let has = |name: &str| running.iter().any(|(_, comm)| comm == name);
-        if in_phase && has("redis-server") && has("switchboard") && has("switchboard-ben") {
-            break running;
-        }
-        assert!(
-            std::time::Instant::now() < deadline,
-            "phases 1-2 did not start within 180 s: {running:?}\n{stderr}"
-        );
-        assert!(
-            matches!(bench.0.try_wait(), Ok(None)),
-            "the bench exited before phases 1-2:\n{stderr}"
-        );
-        std::thread::sleep(std::time::Duration::from_millis(20));
-    };
+        started = descendants(pid);
+        let has = |name: &str| started.iter().any(|(_, comm)| comm == name);
+        exited = !matches!(bench.0.try_wait(), Ok(None));
+        exited || (in_phase && has("redis-server") && has("switchboard") && has("switchboard-ben"))
+    });
+    assert!(!exited, "the bench exited before phases 1-2:\n{stderr}");
+    assert!(
+        ready,
+        "phases 1-2 did not start within 180 s: {started:?}\n{stderr}"
+    );
     // SAFETY: signalling our own child by its pid; it is not reaped yet.
     unsafe { libc::kill(pid as libc::pid_t, libc::SIGTERM) };
     let mut status = None;
