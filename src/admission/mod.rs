@@ -11,7 +11,9 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use crate::domain::{ConversationId, Destination};
 use crate::ingress::slack::Candidate;
-use crate::queue::{AdmitLimits, Admitted, Bucket, Charge, Queue, QueueError, ScriptBucket};
+use crate::queue::{
+    AdmitLimits, Admitted, Bucket, Charge, Queue, QueueError, ScriptBucket, micro_usd,
+};
 
 pub use policy::{Refusal, Sender, email_sender_allowed};
 pub use settings::{AdmissionSettings, WorkspacePolicy};
@@ -41,7 +43,8 @@ struct Current {
     user_burst: Arc<str>,
     channel_rate: Arc<str>,
     channel_burst: Arc<str>,
-    /// User, channel and workspace daily caps.
+    /// User, channel and workspace daily caps, in millionths of a dollar
+    /// (as the usage fields count).
     caps: [String; 3],
 }
 
@@ -53,9 +56,9 @@ impl Current {
             channel_rate: (settings.channel_per_minute / 60.0).to_string().into(),
             channel_burst: settings.channel_burst.to_string().into(),
             caps: [
-                settings.user_daily_usd.to_string(),
-                settings.channel_daily_usd.to_string(),
-                settings.workspace_daily_usd.to_string(),
+                micro_usd(settings.user_daily_usd).to_string(),
+                micro_usd(settings.channel_daily_usd).to_string(),
+                micro_usd(settings.workspace_daily_usd).to_string(),
             ],
             settings: Arc::new(settings),
         }
@@ -288,13 +291,13 @@ impl Admission {
         let key = self.queue.keys().shard(0).usage(&day(self.now()));
         let mut conn = self.queue.connection().await?;
         let fields: Vec<&str> = on.iter().map(|c| c.0.as_str()).collect();
-        let spent: Vec<Option<f64>> = redis::cmd("HMGET")
+        let spent: Vec<Option<i64>> = redis::cmd("HMGET")
             .arg(&key)
             .arg(&fields)
             .query_async(&mut *conn)
             .await?;
         for ((_, cap, refusal), spent) in on.into_iter().zip(spent) {
-            if spent.unwrap_or(0.0) >= *cap {
+            if spent.unwrap_or(0) >= micro_usd(*cap) {
                 return Ok(Some(*refusal));
             }
         }
@@ -400,17 +403,17 @@ fn daily_caps(
     );
     [
         (
-            field(u, &["spend:user:", team, ":", user]),
+            field(u, &[SPEND_PREFIX, "user:", team, ":", user]),
             u,
             Refusal::UserBudget,
         ),
         (
-            field(c, &["spend:channel:", team, ":", channel]),
+            field(c, &[SPEND_PREFIX, "channel:", team, ":", channel]),
             c,
             Refusal::ChannelBudget,
         ),
         (
-            field(w, &["spend:team:", team]),
+            field(w, &[SPEND_PREFIX, "team:", team]),
             w,
             Refusal::WorkspaceBudget,
         ),
@@ -432,26 +435,48 @@ pub fn turn_charge(
     Some(Charge {
         day: day(now),
         spend_fields: vec![
-            format!("spend:user:{team}:{user}"),
-            format!("spend:channel:{team}:{channel}"),
-            format!("spend:team:{team}"),
+            format!("{SPEND_PREFIX}user:{team}:{user}"),
+            format!("{SPEND_PREFIX}channel:{team}:{channel}"),
+            format!("{SPEND_PREFIX}team:{team}"),
         ],
         turns_field: format!("turns:user:{team}:{user}"),
         cost_usd,
     })
 }
 
-/// Spend and turn counts of one UTC day, for `/admin/usage`.
+/// Where a day's usage hash counts spend: `<prefix><scope>:<key>`, in
+/// millionths of a dollar (`micro_usd`).
+const SPEND_PREFIX: &str = "spend_micro:";
+
+/// Spend (`spend:<scope>:<key>`, in USD) and turn counts
+/// (`turns:<scope>:<key>`) of one UTC day, for `/admin/usage`.
 pub async fn usage(
     queue: &Queue,
     day: &str,
 ) -> Result<std::collections::BTreeMap<String, f64>, QueueError> {
     let key = queue.keys().shard(0).usage(day);
     let mut conn = queue.connection().await?;
-    Ok(redis::cmd("HGETALL")
+    let fields: Vec<(String, f64)> = redis::cmd("HGETALL")
         .arg(key)
         .query_async(&mut *conn)
-        .await?)
+        .await?;
+    Ok(usage_in_usd(fields))
+}
+
+/// A usage hash's fields as `/admin/usage` shows them: spend in USD. A
+/// day's hash written before spend was counted in millionths holds
+/// `spend:` fields in USD; they are added in, so nothing spent that day is
+/// lost from the total shown.
+fn usage_in_usd(fields: Vec<(String, f64)>) -> std::collections::BTreeMap<String, f64> {
+    let mut shown = std::collections::BTreeMap::new();
+    for (field, value) in fields {
+        let (field, value) = match field.strip_prefix(SPEND_PREFIX) {
+            Some(rest) => (format!("spend:{rest}"), value / 1e6),
+            None => (field, value),
+        };
+        *shown.entry(field).or_insert(0.0) += value;
+    }
+    shown
 }
 
 /// Export today's spend and turn counts as metrics
@@ -534,6 +559,21 @@ fn refusal_text(refusal: Refusal, now: SystemTime) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn usage_shows_spend_in_usd_with_older_fields_added_in() {
+        let fields = vec![
+            ("spend_micro:user:T:U".to_string(), 2_250_000.0),
+            ("spend:user:T:U".to_string(), 0.5),
+            ("spend_micro:team:T".to_string(), 1.0),
+            ("turns:user:T:U".to_string(), 3.0),
+        ];
+        let shown = usage_in_usd(fields);
+        assert_eq!(shown.get("spend:user:T:U"), Some(&2.75), "{shown:?}");
+        assert_eq!(shown.get("spend:team:T"), Some(&0.000_001), "{shown:?}");
+        assert_eq!(shown.get("turns:user:T:U"), Some(&3.0), "{shown:?}");
+        assert_eq!(shown.len(), 3, "{shown:?}");
+    }
 
     #[test]
     fn utc_days() {

@@ -25,7 +25,7 @@ pub struct AdmitLimits {
     /// Refuse when this many conversations already wait in the shared queue.
     pub max_waiting: u64,
     /// The UTC day whose spend is compared, and the `(usage field, cap in
-    /// USD)` pairs; a field at or above its cap refuses.
+    /// millionths of a dollar)` pairs; a field at or above its cap refuses.
     pub budget: Option<(String, Vec<(String, String)>)>,
 }
 

@@ -120,7 +120,7 @@ impl Queue {
             .arg(worker)
             .arg(slot)
             .arg(generation)
-            .arg(format!("{:.6}", commit.cost_usd))
+            .arg(micro_usd(commit.cost_usd))
             .arg(Self::ms(self.settings().idle_ttl))
             .arg(commit.final_seq);
         call = match &commit.session {
@@ -134,7 +134,7 @@ impl Queue {
                     call = call.arg(field);
                 }
                 call.arg(&charge.turns_field)
-                    .arg(format!("{:.6}", charge.cost_usd))
+                    .arg(micro_usd(charge.cost_usd))
                     .arg(USAGE_TTL_SECS)
             }
             None => call.arg(0),
@@ -149,12 +149,9 @@ impl Queue {
     pub async fn charge(&self, charge: &Charge) -> Result<(), QueueError> {
         let key = self.keys().shard(0).usage(&charge.day);
         let mut pipe = redis::pipe();
+        let cost = micro_usd(charge.cost_usd);
         for field in &charge.spend_fields {
-            pipe.cmd("HINCRBYFLOAT")
-                .arg(&key)
-                .arg(field)
-                .arg(charge.cost_usd)
-                .ignore();
+            pipe.hincr(&key, field, cost).ignore();
         }
         pipe.cmd("HINCRBY")
             .arg(&key)

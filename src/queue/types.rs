@@ -160,8 +160,23 @@ pub struct Commit {
 /// How long a day's usage hash is kept (eight days).
 pub const USAGE_TTL_SECS: i64 = 8 * 86_400;
 
-/// What a turn adds to one day's usage hash (shard 0): `cost_usd` to each
-/// spend field and 1 to the turns field.
+/// Money in Redis is counted in whole millionths of a dollar: `HINCRBY`
+/// adds integers exactly and costs Redis about a quarter of what
+/// `HINCRBYFLOAT` does (no long-double parsing and printing, no rewrite
+/// for replication). Rounded to the nearest; anything not a positive
+/// finite amount counts as nothing.
+pub fn micro_usd(usd: f64) -> i64 {
+    if usd.is_finite() && usd > 0.0 {
+        // `as` saturates: no amount overflows.
+        (usd * 1e6).round() as i64
+    } else {
+        0
+    }
+}
+
+/// What a turn adds to one day's usage hash (shard 0): `cost_usd` (in
+/// millionths of a dollar, see [`micro_usd`]) to each spend field and 1 to
+/// the turns field.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Charge {
     pub day: String,
@@ -257,4 +272,21 @@ pub enum OutboxKind {
 pub struct ReapReport {
     pub reclaimed: usize,
     pub workers_expired: usize,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::micro_usd;
+
+    #[test]
+    fn money_in_millionths() {
+        assert_eq!(micro_usd(0.0123), 12_300);
+        assert_eq!(micro_usd(2.25), 2_250_000);
+        assert_eq!(micro_usd(0.000_000_4), 0);
+        assert_eq!(micro_usd(0.000_000_6), 1);
+        assert_eq!(micro_usd(-1.0), 0);
+        assert_eq!(micro_usd(f64::NAN), 0);
+        assert_eq!(micro_usd(f64::INFINITY), 0);
+        assert_eq!(micro_usd(1e30), i64::MAX);
+    }
 }

@@ -41,7 +41,6 @@ pub const WORKER_COMMANDS: &[&str] = &[
     "hsetnx",
     "hdel",
     "hincrby",
-    "hincrbyfloat",
     "rpush",
     "ltrim",
     "blpop",

@@ -749,7 +749,7 @@ async fn a_commit_charges_its_turn_from_any_shard_even_when_fenced() {
             let mut commit = reply(text);
             commit.charge = Some(Charge {
                 day: "2026-11-26".into(),
-                spend_fields: vec!["spend:user:T:U".into(), "spend:team:T".into()],
+                spend_fields: vec!["spend_micro:user:T:U".into(), "spend_micro:team:T".into()],
                 turns_field: "turns:user:T:U".into(),
                 cost_usd: 0.25,
             });

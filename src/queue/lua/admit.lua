@@ -13,7 +13,8 @@
 --       budget caps, then per bucket: name (its key is `<base>:bucket:<name>`,
 --       `ShardKeys::bucket`), rate per second, burst; then when there are
 --       caps, the UTC day (the usage hash is `<base>:usage:<day>`,
---       `ShardKeys::usage`), and per cap: usage field, cap in USD
+--       `ShardKeys::usage`), and per cap: usage field, cap in millionths of
+--       a dollar (as the field counts)
 -- Returns what enqueue.lua returns, or 'refused rate <i>' (bucket i short),
 -- 'refused busy', 'refused budget <i>' (cap i reached).
 do
