@@ -71,7 +71,7 @@ impl Opts {
             rounds: 5,
             n_100: 300,
             n_1000: 3000,
-            n_saturated: 6000,
+            n_saturated: 20_000,
             connections: 64,
             max_loop: Duration::from_secs(10),
             backlog: 100_000,
