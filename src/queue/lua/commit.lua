@@ -2,13 +2,14 @@
 -- counters bumped, the lease released, the next batch scheduled.
 -- KEYS: 1 conv, 2 inbox, 3 leases, 4 holders, 5 ready, 6 affine, 7 workers, 8 wake, 9 outbox, 10 session
 -- ARGV: 1 cid, 2 epoch, 3 owner worker ('' to clear), 4 owner slot, 5 owner gen,
---       6 cost in millionths of a dollar, 7 idle ttl ms, 8 final seq, 9 session id ('' to keep the
---       stored session), 10 its transcript from byte ARGV[11] on, 11 that
---       offset (0: the whole transcript; else the stored transcript of the
---       same session must be that long, and the part is appended),
+--       6 cost (in millionths of a dollar, as every cost here), 7 idle ttl
+--       ms, 8 final seq, 9 session id ('' to keep the stored session),
+--       10 its transcript from byte ARGV[11] on, 11 that offset (0: the
+--       whole transcript; else the stored transcript of the same session
+--       must be that long, and the part is appended),
 --       12 n: the turn's charge to the day's usage (KEYS[11], when
 --       n > 0): ARGV[13 .. 11 + n] spend fields, ARGV[12 + n] the turns
---       field, ARGV[13 + n] the cost (millionths of a dollar), ARGV[14 + n] the usage hash's ttl in
+--       field, ARGV[13 + n] the cost, ARGV[14 + n] the usage hash's ttl in
 --       seconds; then the reply parts
 -- Returns {'ok', owner} (the worker a next batch was routed to and woken, or '')
 --       | {'fenced'} | {'session_mismatch'} (nothing written but the charge:
