@@ -59,7 +59,7 @@ for i = first_part, #ARGV do
   local part = i - first_part
   redis.call('XADD', KEYS[9], '*', 'kind', 'final', 'cid', cid,
     'reply_id', cid .. '/' .. batch_end .. '/' .. part, 'part', part,
-    'seq', ARGV[8], 'text', ARGV[i], 'acks', acks, 'at_ms', now, 'dest', dest,
+    'seq', ARGV[8], 'text', ARGV[i], 'acks', acks, 'at_ms', now_arg(), 'dest', dest,
     'fresh', fresh)
 end
 trim_batch(inbox, batch_end)
@@ -68,7 +68,7 @@ local waiting = redis.call('XLEN', inbox) > 0
 redis.call('HINCRBY', conv, 'cost_micro_usd', ARGV[6])
 local done = {'batch_end', 'batch_attempts', 'last_error', 'overflow_notified', 'lease_worker',
   'lease_slot', 'progressed'}
-local set = {'turns', (tonumber(f[8]) or 0) + 1, 'last_active_ms', now}
+local set = {'turns', (tonumber(f[8]) or 0) + 1, 'last_active_ms', now_arg()}
 if not waiting then
   set[#set + 1] = 'state'
   set[#set + 1] = 'idle'

@@ -37,11 +37,11 @@ if not admitted.checked then
   for _, key in ipairs(seen) do redis.call('SET', key, '1', 'EX', ARGV[6]) end
 end
 -- What this message writes to the conversation, in one HSET at the end.
-local fields = {'dest', ARGV[3], 'last_active_ms', now}
+local fields = {'dest', ARGV[3], 'last_active_ms', now_arg()}
 local new = not state
 if new then
   state = 'idle'
-  for _, f in ipairs({'cid', cid, 'epoch', 0, 'created_ms', now}) do fields[#fields + 1] = f end
+  for _, f in ipairs({'cid', cid, 'epoch', '0', 'created_ms', now_arg()}) do fields[#fields + 1] = f end
 end
 local function write_conv()
   redis.call('HSET', conv, unpack(fields))
@@ -54,13 +54,13 @@ if len >= tonumber(ARGV[4]) then
     fields[#fields + 1] = 'idle'
   end
   write_conv()
-  redis.call('XADD', dead, '*', 'cid', cid, 'reason', 'inbox_overflow', 'attempts', 0,
-    'batch', '', 'messages', '[' .. ARGV[2] .. ']', 'dest', ARGV[3], 'at_ms', now)
+  redis.call('XADD', dead, '*', 'cid', cid, 'reason', 'inbox_overflow', 'attempts', '0',
+    'batch', '', 'messages', '[' .. ARGV[2] .. ']', 'dest', ARGV[3], 'at_ms', now_arg())
   if redis.call('HSETNX', conv, 'overflow_notified', '1') == 1 then
     local n = redis.call('HINCRBY', conv, 'overflows', 1)
     redis.call('XADD', outbox, '*', 'kind', 'final', 'cid', cid,
-      'reply_id', cid .. '/overflow/' .. n, 'part', 0, 'seq', 0,
-      'error', 'inbox_overflow', 'text', OVERFLOW_TEXT, 'at_ms', now)
+      'reply_id', cid .. '/overflow/' .. n, 'part', '0', 'seq', '0',
+      'error', 'inbox_overflow', 'text', OVERFLOW_TEXT, 'at_ms', now_arg())
   end
   return 'overflow'
 end
@@ -70,7 +70,7 @@ fields[#fields + 1] = 'last_id'
 fields[#fields + 1] = id
 if ARGV[8] ~= '' then
   redis.call('XADD', outbox, '*', 'kind', 'ack', 'cid', cid, 'reply_id', cid .. '/ack/' .. id,
-    'part', 0, 'seq', 0, 'text', '', 'acks', cjson.encode({ARGV[8]}), 'at_ms', now)
+    'part', '0', 'seq', '0', 'text', '', 'acks', cjson.encode({ARGV[8]}), 'at_ms', now_arg())
   -- Its commits look for acknowledgements to remove (until it expires).
   fields[#fields + 1] = 'acked'
   fields[#fields + 1] = '1'
@@ -81,7 +81,7 @@ if state == 'idle' then
   local ready = shard_key(ARGV[9], 'ready')
   routed = route(ready, shard_key(ARGV[9], 'ready:affine'), shard_key(ARGV[9], 'workers'),
     shard_key(ARGV[9], 'wake'), cid, now, owner)
-  for _, f in ipairs({'state', 'scheduled', 'scheduled_ms', now}) do fields[#fields + 1] = f end
+  for _, f in ipairs({'state', 'scheduled', 'scheduled_ms', now_arg()}) do fields[#fields + 1] = f end
   -- Only the message that puts its conversation in the shared queue learns
   -- its place: the sender is told once per wait, not once per message.
   if routed == '' then ahead = redis.call('ZRANK', ready, cid) end

@@ -1,13 +1,25 @@
 -- Shared by every queue script (prepended at build time).
 -- Time comes from the Redis server, so every host agrees on lease deadlines.
 -- Read once per script: one clock for everything a script does.
-local script_now = nil
+local script_now, script_now_arg = nil, nil
 local function now_ms()
   if not script_now then
     local t = redis.call('TIME')
-    script_now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+    local ms = math.floor(tonumber(t[2]) / 1000)
+    script_now = tonumber(t[1]) * 1000 + ms
+    script_now_arg = t[1] .. string.format('%03d', ms)
   end
   return script_now
+end
+
+-- The same instant as a command argument: the decimal string redis.call
+-- would make of now_ms(), made once. Lua turns a number into a string
+-- with a printf of a double, about half a microsecond each time, so
+-- scripts pass this (and string constants such as '0') rather than
+-- numbers wherever a command takes the time.
+local function now_arg()
+  now_ms()
+  return script_now_arg
 end
 
 -- A shard-wide key, from the shard's base (`ShardKeys::base`): `name` is
@@ -59,7 +71,7 @@ local function route(ready, affine, workers, wake, cid, now, owner)
     local hb = redis.call('ZSCORE', workers, owner)
     if hb and tonumber(hb) >= now then
       local member = owner .. '|' .. string.format('%015d', now) .. '|' .. cid
-      redis.call('ZADD', affine, 0, member)
+      redis.call('ZADD', affine, '0', member)
       local own_wake = wake .. ':w:' .. owner
       -- At most 1000 wake-ups wait (trimmed only when past that). The list
       -- expires an hour after it was made (its owner pops it empty, which
@@ -73,7 +85,7 @@ local function route(ready, affine, workers, wake, cid, now, owner)
       return owner
     end
   end
-  redis.call('ZADD', ready, 'NX', now, cid)
+  redis.call('ZADD', ready, 'NX', now_arg(), cid)
   if redis.call('RPUSH', wake, '1') > 1000 then redis.call('LTRIM', wake, -1000, -1) end
   return ''
 end
@@ -83,7 +95,7 @@ end
 local function schedule(conv, ready, affine, workers, wake, cid, now)
   local owner = redis.call('HGET', conv, 'owner_worker')
   local routed = route(ready, affine, workers, wake, cid, now, owner)
-  redis.call('HSET', conv, 'state', 'scheduled', 'scheduled_ms', now)
+  redis.call('HSET', conv, 'state', 'scheduled', 'scheduled_ms', now_arg())
   return routed
 end
 
@@ -120,10 +132,10 @@ local function dead_letter_batch(conv, inbox, dead, outbox, cid, batch_end, reas
   for _, e in ipairs(entries) do msgs[#msgs + 1] = e[2][2] end
   redis.call('XADD', dead, '*', 'cid', cid, 'reason', reason, 'attempts', attempts,
     'batch', batch_end, 'messages', '[' .. table.concat(msgs, ',') .. ']',
-    'dest', redis.call('HGET', conv, 'dest') or '', 'at_ms', now)
+    'dest', redis.call('HGET', conv, 'dest') or '', 'at_ms', now_arg())
   redis.call('XADD', outbox, '*', 'kind', 'final', 'cid', cid,
-    'reply_id', cid .. '/' .. batch_end .. '/0', 'part', 0, 'seq', '4611686018427387903',
-    'error', reason, 'text', text, 'acks', batch_acks(inbox, batch_end), 'at_ms', now)
+    'reply_id', cid .. '/' .. batch_end .. '/0', 'part', '0', 'seq', '4611686018427387903',
+    'error', reason, 'text', text, 'acks', batch_acks(inbox, batch_end), 'at_ms', now_arg())
   trim_batch(inbox, batch_end)
   redis.call('HDEL', conv, 'batch_end', 'batch_attempts', 'last_error', 'progressed')
 end
@@ -164,9 +176,9 @@ local function take_tokens(keys, wanted, reserve, argi, stride)
     -- a busy bucket cannot expire, and most calls skip the PEXPIRE.
     local ttl_at = tonumber(state[3])
     if ttl_at and now - ttl_at < 10000 then
-      redis.call('HSET', key, 'tokens', tostring(tokens), 'at', now)
+      redis.call('HSET', key, 'tokens', tostring(tokens), 'at', now_arg())
     else
-      redis.call('HSET', key, 'tokens', tostring(tokens), 'at', now, 'ttl_at', now)
+      redis.call('HSET', key, 'tokens', tostring(tokens), 'at', now_arg(), 'ttl_at', now_arg())
       redis.call('PEXPIRE', key, math.ceil(burst * 1000 / rate) + 60000)
     end
     if wait > 0 then return i, wait end

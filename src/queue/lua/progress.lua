@@ -9,5 +9,5 @@ local batch_end = f[3]
 redis.call('HSET', KEYS[1], 'progressed', '1')
 redis.call('XADD', KEYS[3], '*', 'kind', 'progress', 'cid', ARGV[1],
   'reply_id', ARGV[1] .. '/' .. batch_end .. '/' .. ARGV[3], 'part', ARGV[3],
-  'seq', ARGV[4], 'text', ARGV[5], 'at_ms', now)
+  'seq', ARGV[4], 'text', ARGV[5], 'at_ms', now_arg())
 return 1

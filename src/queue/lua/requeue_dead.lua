@@ -6,7 +6,7 @@ local now = now_ms()
 if #redis.call('XRANGE', KEYS[1], ARGV[1], ARGV[1]) == 0 then return -1 end
 redis.call('XDEL', KEYS[1], ARGV[1])
 if redis.call('EXISTS', KEYS[2]) == 0 then
-  redis.call('HSET', KEYS[2], 'cid', ARGV[2], 'state', 'idle', 'epoch', 0, 'created_ms', now,
+  redis.call('HSET', KEYS[2], 'cid', ARGV[2], 'state', 'idle', 'epoch', '0', 'created_ms', now_arg(),
     'dest', ARGV[4])
 end
 local id
