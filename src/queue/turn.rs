@@ -153,10 +153,7 @@ impl Queue {
         for field in &charge.spend_fields {
             pipe.hincr(&key, field, cost).ignore();
         }
-        pipe.cmd("HINCRBY")
-            .arg(&key)
-            .arg(&charge.turns_field)
-            .arg(1)
+        pipe.hincr(&key, &charge.turns_field, 1)
             .ignore()
             .expire(&key, USAGE_TTL_SECS)
             .ignore();
